@@ -1,0 +1,1 @@
+"""Model deployments: one module per model family on a small shared base."""

@@ -1,0 +1,1 @@
+"""gigarouter-serve: an OpenAI-compatible Ray Serve gateway for open vision models."""
