@@ -1,0 +1,37 @@
+# gigarouter-serve: `make run` serves on 127.0.0.1:8000, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CHECKPOINTS := checkpoints/tiny
+CONFIG ?= serve/configs/local.yaml
+# torch first, pinned: this machine has a CPU build of 2.13.0 on local disk; a bare `torch`
+# requirement would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install checkpoints run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(FIND_LINKS) "$(TORCH_PIN)"
+	$(PIP) install -q $(FIND_LINKS) -e ".[test]"
+	touch $@
+
+checkpoints: install
+	$(PY) -m deployments.tiny --out $(CHECKPOINTS)
+
+run: checkpoints
+	$(VENV)/bin/serve run $(CONFIG)
+
+test: checkpoints
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) checkpoints .pytest_cache

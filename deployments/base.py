@@ -1,0 +1,177 @@
+"""The shared base of every model deployment: loading, device choice, batching and grouping.
+
+A family module subclasses `VisionModel` and implements three things:
+
+- `setup()` loads processor and model from `self.source` with `from_pretrained`;
+- `group_key(item)` says which queued items can share one forward pass;
+- `predict(items)` runs one group (blocking, off the event loop) and returns one result per item.
+
+Its public async methods (the ones the ingress and other Serve apps call through a handle)
+build an item and `await self.submit(item)`; batching never appears in family code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+from PIL import Image
+from ray import serve
+from serve.images import ImageLimits, decode_image
+
+from serve.config import BatchConfig, ModelSpec
+from serve.errors import APIError, bad_request
+
+logger = logging.getLogger("gigarouter.model")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class VisionModel:
+    """One loaded model behind a Serve deployment; subclasses hold the family's model code."""
+
+    family: str = ""
+
+    def __init__(self, spec: dict[str, Any] | ModelSpec, source: str | None = None) -> None:
+        self.spec = ModelSpec.model_validate(spec)
+        self.source = source or self.spec.source
+        self.device = self._pick_device()
+        self.dtype = self._pick_dtype()
+        self._limit_threads()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            self.setup()
+        self.load_seconds = time.perf_counter() - started
+        self.batches_run = 0
+        self.items_run = 0
+        logger.info(
+            "loaded %s (%s) from %s on %s/%s in %.2fs",
+            self.spec.id, self.family, self.source, self.device, self.dtype, self.load_seconds,
+        )
+
+    # ----- the family contract -----
+
+    def setup(self) -> None:
+        """Load processor and model from `self.source` onto `self.device`."""
+        raise NotImplementedError
+
+    def group_key(self, item: Any) -> Hashable:
+        """Items with equal keys run in one forward pass."""
+        return None
+
+    def predict(self, items: list[Any]) -> list[Any]:
+        """Run one group of items; return one result per item, in order."""
+        raise NotImplementedError
+
+    # ----- plumbing -----
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply live batch settings from Serve's `user_config`."""
+        config = BatchConfig.model_validate(user_config or {})
+        self._run_batch.set_max_batch_size(config.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        logger.info("%s batching: %s", self.spec.id, config.model_dump())
+
+    async def submit(self, item: Any) -> Any:
+        """Queue one validated item for the next batch and wait for its result."""
+        result = await self._run_batch(item)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _run_batch(self, items: list[Any]) -> list[Any]:
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            groups[self.group_key(item)].append(index)
+        results: list[Any] = [None] * len(items)
+        for indices in groups.values():
+            group = [items[i] for i in indices]
+            try:
+                outputs = await asyncio.to_thread(self._predict_group, group)
+            except APIError as error:
+                outputs = [error] * len(group)
+            except Exception as error:  # one failing group must not fail the others
+                logger.exception("%s: a batch group of %d failed", self.spec.id, len(group))
+                outputs = [RuntimeError(f"{self.spec.id} failed to run the request: {type(error).__name__}")] * len(group)
+            for i, output in zip(indices, outputs):
+                results[i] = output
+        self.batches_run += 1
+        self.items_run += len(items)
+        return results
+
+    def _predict_group(self, group: list[Any]) -> list[Any]:
+        with torch.inference_mode():
+            outputs = self.predict(group)
+        if len(outputs) != len(group):
+            raise RuntimeError(f"{type(self).__name__}.predict returned {len(outputs)} results for {len(group)} items")
+        return outputs
+
+    async def stats(self) -> dict[str, Any]:
+        """Load time and batch counters of this replica."""
+        return {
+            "model": self.spec.id,
+            "load_seconds": self.load_seconds,
+            "batches": self.batches_run,
+            "items": self.items_run,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    # ----- helpers for families -----
+
+    def image(self, value: Image.Image | bytes, param: str = "image") -> Image.Image:
+        """Accept a PIL image or encoded bytes (Python handle callers) as an RGB image."""
+        if isinstance(value, Image.Image):
+            return value if value.mode == "RGB" else value.convert("RGB")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(value), ImageLimits(), param)
+        raise bad_request(f"{param} must be a PIL image or encoded image bytes", param=param)
+
+    def generation_settings(self, max_new_tokens: int | None, num_beams: int | None) -> tuple[int, int]:
+        """Apply configured defaults and caps to requested generation settings."""
+        gen = self.spec.generation
+        tokens = max_new_tokens or gen.max_new_tokens
+        beams = num_beams or gen.num_beams
+        if tokens > gen.max_new_tokens_cap:
+            raise bad_request(f"max_tokens must be at most {gen.max_new_tokens_cap}", param="max_tokens")
+        if beams > gen.num_beams_cap:
+            raise bad_request(f"num_beams must be at most {gen.num_beams_cap}", param="num_beams")
+        return tokens, beams
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a processor output to the model's device, casting floating tensors to its dtype."""
+        return batch.to(self.device).to(self.dtype) if hasattr(batch, "to") else batch
+
+    def _pick_device(self) -> torch.device:
+        wanted = self.spec.device
+        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"model {self.spec.id} asks for CUDA but no GPU is visible to this replica")
+            self._cap_gpu_memory()
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def _pick_dtype(self) -> torch.dtype:
+        if self.spec.dtype != "auto":
+            return DTYPES[self.spec.dtype]
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def _cap_gpu_memory(self) -> None:
+        # A replica given a fraction of a GPU must not take more of its memory than that fraction.
+        fraction = float(self.spec.deployment.ray_actor_options.get("num_gpus", 1) or 1)
+        if 0 < fraction < 1:
+            torch.cuda.set_per_process_memory_fraction(fraction)
+
+    def _limit_threads(self) -> None:
+        # Without a limit every replica starts one torch thread per core and they fight for the CPUs.
+        threads = self.spec.torch_threads or max(1, round(float(self.spec.deployment.ray_actor_options.get("num_cpus", 1))))
+        threads = min(threads, os.cpu_count() or threads)
+        torch.set_num_threads(threads)
+

@@ -1,0 +1,75 @@
+"""BLIP: unconditional captions, and conditional captions that continue a text prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from deployments.base import VisionModel
+
+
+@dataclass
+class BlipItem:
+    image: Image.Image
+    prefix: str
+    max_new_tokens: int
+    num_beams: int
+
+
+class Blip(VisionModel):
+    """BLIP image captioning through the native `BlipForConditionalGeneration`."""
+
+    family = "blip"
+
+    def setup(self) -> None:
+        self.processor = AutoProcessor.from_pretrained(self.source)
+        self.model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype)
+        self.model.to(self.device).eval()
+
+    async def generate(
+        self,
+        image: Image.Image | bytes,
+        task: str = "caption",
+        text: str | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+    ) -> dict[str, Any]:
+        """Caption one image; with `text`, the caption continues that prefix."""
+        tokens, beams = self.generation_settings(max_new_tokens, num_beams)
+        return await self.submit(BlipItem(self.image(image), (text or "").strip(), tokens, beams))
+
+    def group_key(self, item: BlipItem) -> Hashable:
+        return (item.prefix, item.max_new_tokens, item.num_beams)
+
+    def predict(self, items: list[BlipItem]) -> list[dict[str, Any]]:
+        first = items[0]
+        images = [item.image for item in items]
+        if first.prefix:
+            inputs = self.processor(images=images, text=[item.prefix for item in items], return_tensors="pt")
+        else:
+            inputs = self.processor(images=images, return_tensors="pt")
+        inputs = self.to_device(inputs)
+        generated = self.model.generate(
+            **inputs, max_new_tokens=first.max_new_tokens, num_beams=first.num_beams, do_sample=False
+        )
+        prompt_tokens = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
+        texts = self.processor.batch_decode(generated, skip_special_tokens=True)
+        pad = self.processor.tokenizer.pad_token_id
+        results = []
+        for sequence, text in zip(generated.tolist(), texts):
+            produced = [t for t in sequence[prompt_tokens:] if t != pad]
+            caption = text.strip()
+            results.append(
+                {
+                    "task": "conditional-caption" if first.prefix else "caption",
+                    "text": caption,
+                    "results": caption,
+                    "finish_reason": "length" if len(produced) >= first.max_new_tokens else "stop",
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(produced)},
+                }
+            )
+        return results

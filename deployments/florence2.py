@@ -1,0 +1,185 @@
+"""Florence-2: 15 prompt tasks, parsed by the processor into pixel-space boxes, quads and polygons."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from deployments.base import VisionModel
+from serve.catalog import Task, find_task
+from serve.errors import bad_request
+
+LOC_REGION = re.compile(r"^(<loc_\d{1,3}>){4}$")
+PIXEL_REGION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
+
+
+@dataclass
+class Florence2Item:
+    image: Image.Image
+    task: Task
+    prompt: str
+    max_new_tokens: int
+    num_beams: int
+
+
+class Florence2(VisionModel):
+    """Florence-2 (base or large) through the native transformers classes."""
+
+    family = "florence2"
+
+    def setup(self) -> None:
+        self.processor = AutoProcessor.from_pretrained(self.source)
+        self.model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype)
+        self.model.to(self.device).eval()
+
+    async def generate(
+        self,
+        image: Image.Image | bytes,
+        task: str = "caption",
+        text: str | None = None,
+        region: dict[str, float] | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+    ) -> dict[str, Any]:
+        """Run one task (name like `object-detection` or token like `<OD>`) on one image."""
+        image = self.image(image)
+        spec = find_task(self.family, task)
+        if spec is None:
+            raise bad_request(f"unknown Florence-2 task '{task}'", param="task")
+        tokens, beams = self.generation_settings(max_new_tokens, num_beams)
+        prompt = spec.prompt + self._task_input(spec, text, region, image)
+        return await self.submit(Florence2Item(image, spec, prompt, tokens, beams))
+
+    def _task_input(self, task: Task, text: str | None, region: dict[str, float] | None, image: Image.Image) -> str:
+        if task.input == "none":
+            if text or region:
+                raise bad_request(f"{task.prompt} takes no input", param="text")
+            return ""
+        if task.input == "text":
+            if not text:
+                raise bad_request(f"{task.prompt} needs a text input", param="text")
+            return text
+        if region is not None:
+            return region_tokens(region, image.size)
+        if text and LOC_REGION.match(text.strip()):
+            return text.strip()
+        match = PIXEL_REGION.match(text or "")
+        if not match:
+            raise bad_request(
+                f"{task.prompt} needs a region: x1,y1,x2,y2 in pixels or four <loc_N> tokens", param="region"
+            )
+        x1, y1, x2, y2 = (float(v) for v in match.groups())
+        return region_tokens({"x1": x1, "y1": y1, "x2": x2, "y2": y2}, image.size)
+
+    def group_key(self, item: Florence2Item) -> Hashable:
+        # One generate call needs one prompt and one set of generation settings: no padding, so a
+        # request batched with others gets exactly the answer it gets alone.
+        return (item.prompt, item.max_new_tokens, item.num_beams)
+
+    def predict(self, items: list[Florence2Item]) -> list[dict[str, Any]]:
+        first = items[0]
+        inputs = self.processor(
+            text=[item.prompt for item in items], images=[item.image for item in items], return_tensors="pt"
+        )
+        inputs = self.to_device(inputs)
+        generated = self.model.generate(
+            **inputs,
+            max_new_tokens=first.max_new_tokens,
+            num_beams=first.num_beams,
+            do_sample=False,
+        )
+        texts = self.processor.batch_decode(generated, skip_special_tokens=False)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        eos = self.model.generation_config.eos_token_id
+        results = []
+        for item, sequence, raw in zip(items, generated.tolist(), texts):
+            parsed = self.processor.post_process_generation(raw, task=item.task.prompt, image_size=item.image.size)
+            structured = to_fal(parsed[item.task.prompt])
+            new_tokens = [t for t in sequence[1:] if t != self.processor.tokenizer.pad_token_id]
+            stopped = bool(new_tokens) and new_tokens[-1] in _as_list(eos)
+            results.append(
+                {
+                    "task": item.task.name,
+                    "text": structured if isinstance(structured, str) else json.dumps(structured),
+                    "results": structured,
+                    "finish_reason": "stop" if stopped or len(new_tokens) < item.max_new_tokens else "length",
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(new_tokens)},
+                }
+            )
+        return results
+
+
+def region_tokens(region: dict[str, float], size: tuple[int, int]) -> str:
+    """A pixel region as Florence's four location tokens (1000 bins per side)."""
+    width, height = size
+    try:
+        x1, y1, x2, y2 = (float(region[k]) for k in ("x1", "y1", "x2", "y2"))
+    except (KeyError, TypeError, ValueError):
+        raise bad_request("region needs numeric x1, y1, x2, y2", param="region") from None
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise bad_request(
+            f"region must satisfy 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height} (the image size)",
+            param="region",
+        )
+    bins = [
+        min(999, int(x1 / width * 1000)),
+        min(999, int(y1 / height * 1000)),
+        min(999, int(x2 / width * 1000)),
+        min(999, int(y2 / height * 1000)),
+    ]
+    return "".join(f"<loc_{b}>" for b in bins)
+
+
+def to_fal(parsed: Any) -> Any:
+    """The processor's parsed answer in fal.ai's Florence-2 result shapes, in pixels."""
+    if isinstance(parsed, str):
+        return parsed
+    if "quad_boxes" in parsed:
+        return {"quad_boxes": [_quad(q, label) for q, label in zip(parsed["quad_boxes"], parsed["labels"])]}
+    result: dict[str, Any] = {}
+    if "polygons" in parsed:
+        labels = parsed.get("polygons_labels", parsed.get("labels", []))
+        result["polygons"] = [
+            {"points": [{"x": float(xs[i]), "y": float(xs[i + 1])} for i in range(0, len(xs) - 1, 2)], "label": label}
+            for polygons, label in zip(parsed["polygons"], labels)
+            for xs in polygons
+        ]
+    if "bboxes" in parsed:
+        labels = parsed.get("bboxes_labels", parsed.get("labels", []))
+        result["bboxes"] = [_box(box, label) for box, label in zip(parsed["bboxes"], labels)]
+    if set(result) == {"polygons", "bboxes"} and not result["polygons"]:
+        del result["polygons"]
+    return result
+
+
+def _box(box: list[float], label: str) -> dict[str, Any]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return {"x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1, "label": _clean(label)}
+
+
+def _quad(quad: list[float], label: str) -> dict[str, Any]:
+    xs, ys = [float(v) for v in quad[0::2]], [float(v) for v in quad[1::2]]
+    return {
+        "x": min(xs),
+        "y": min(ys),
+        "w": max(xs) - min(xs),
+        "h": max(ys) - min(ys),
+        "label": _clean(label),
+        "points": [{"x": x, "y": y} for x, y in zip(xs, ys)],
+    }
+
+
+def _clean(label: str) -> str:
+    return label.replace("</s>", "").replace("<s>", "").strip()
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,179 @@
+"""SigLIP2 naflex: L2-normalised image and text embeddings, and zero-shot labels with sigmoid probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import AutoModel, AutoProcessor
+
+from deployments.base import VisionModel
+from serve.errors import bad_request
+
+
+class Siglip2Options(BaseModel):
+    """SigLIP2 settings under a catalog entry's `options`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_patches: int = Field(256, ge=1, description="default naflex patch budget")
+    min_num_patches: int = Field(16, ge=1)
+    max_num_patches_cap: int = Field(1024, ge=1)
+    text_max_length: int = Field(64, ge=1, description="texts are padded to this many tokens, as in training")
+    prompt_template: str = "This is a photo of {label}."
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Siglip2Options:
+        if not self.min_num_patches <= self.max_num_patches <= self.max_num_patches_cap:
+            raise ValueError("siglip2 options need min_num_patches <= max_num_patches <= max_num_patches_cap")
+        return self
+
+
+@dataclass
+class ImagesItem:
+    images: list[Image.Image]
+    max_num_patches: int
+
+
+@dataclass
+class TextsItem:
+    texts: list[str]
+
+
+@dataclass
+class ClassifyItem:
+    image: Image.Image
+    labels: list[str]
+    prompts: list[str]
+    max_num_patches: int
+    tokens: int = field(default=0)
+
+
+class Siglip2(VisionModel):
+    """SigLIP2 naflex through the native `Siglip2Model`."""
+
+    family = "siglip2"
+
+    def setup(self) -> None:
+        self.options = Siglip2Options.model_validate(self.spec.options)
+        self.processor = AutoProcessor.from_pretrained(self.source)
+        self.processor.tokenizer.padding_side = "right"
+        self.model = AutoModel.from_pretrained(self.source, dtype=self.dtype)
+        self.model.to(self.device).eval()
+
+    async def embed_images(
+        self, images: list[Image.Image | bytes], max_num_patches: int | None = None
+    ) -> dict[str, Any]:
+        """L2-normalised embeddings of images, one row per image."""
+        if not images:
+            raise bad_request("no images to embed", param="input")
+        pictures = [self.image(image, f"input[{i}]") for i, image in enumerate(images)]
+        return await self.submit(ImagesItem(pictures, self._patches(max_num_patches)))
+
+    async def embed_texts(self, texts: list[str]) -> dict[str, Any]:
+        """L2-normalised embeddings of texts, one row per text."""
+        if not texts or any(not isinstance(t, str) or not t for t in texts):
+            raise bad_request("texts must be a non-empty list of non-empty strings", param="input")
+        return await self.submit(TextsItem(list(texts)))
+
+    async def classify(
+        self,
+        image: Image.Image | bytes,
+        labels: list[str],
+        template: str | None = None,
+        max_num_patches: int | None = None,
+    ) -> dict[str, Any]:
+        """Sigmoid probability of each label for the image, highest first."""
+        if not labels:
+            raise bad_request("labels must not be empty", param="labels")
+        template = template or self.options.prompt_template
+        if "{label}" not in template:
+            raise bad_request("prompt_template must contain '{label}'", param="prompt_template")
+        prompts = [template.replace("{label}", label) for label in labels]
+        item = ClassifyItem(self.image(image), list(labels), prompts, self._patches(max_num_patches))
+        return await self.submit(item)
+
+    def _patches(self, requested: int | None) -> int:
+        if requested is None:
+            return self.options.max_num_patches
+        low, high = self.options.min_num_patches, self.options.max_num_patches_cap
+        if not low <= requested <= high:
+            raise bad_request(f"max_num_patches must be between {low} and {high}", param="max_num_patches")
+        return requested
+
+    def group_key(self, item: Any) -> Hashable:
+        return (type(item).__name__, getattr(item, "max_num_patches", None))
+
+    def predict(self, items: list[Any]) -> list[dict[str, Any]]:
+        if isinstance(items[0], TextsItem):
+            texts = [text for item in items for text in item.texts]
+            vectors, tokens = self._text_features(texts)
+            return _split(vectors, [len(item.texts) for item in items], tokens, images=False)
+        if isinstance(items[0], ImagesItem):
+            images = [image for item in items for image in item.images]
+            vectors = self._image_features(images, items[0].max_num_patches)
+            return _split(vectors, [len(item.images) for item in items], [0] * len(images), images=True)
+        return self._classify(items)
+
+    def _classify(self, items: list[ClassifyItem]) -> list[dict[str, Any]]:
+        image_vectors = self._image_features([item.image for item in items], items[0].max_num_patches)
+        prompts = list(dict.fromkeys(p for item in items for p in item.prompts))
+        text_vectors, tokens = self._text_features(prompts)
+        row = {prompt: i for i, prompt in enumerate(prompts)}
+        scale = self.model.logit_scale.float().exp()
+        bias = self.model.logit_bias.float()
+        results = []
+        for image_vector, item in zip(image_vectors, items):
+            texts = text_vectors[[row[p] for p in item.prompts]]
+            probabilities = torch.sigmoid(texts @ image_vector * scale + bias).tolist()
+            ranked = sorted(zip(item.labels, probabilities), key=lambda pair: -pair[1])
+            results.append(
+                {
+                    "labels": [{"label": label, "score": score} for label, score in ranked],
+                    "tokens": sum(tokens[row[p]] for p in item.prompts),
+                }
+            )
+        return results
+
+    def _image_features(self, images: list[Image.Image], max_num_patches: int) -> torch.Tensor:
+        inputs = self.processor(images=images, max_num_patches=max_num_patches, return_tensors="pt")
+        inputs = self.to_device(inputs)
+        output = self.model.get_image_features(**inputs)
+        return _normalise(output.pooler_output)
+
+    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        inputs = self.processor(
+            text=texts,
+            padding="max_length",
+            max_length=self.options.text_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).to(self.device)
+        output = self.model.get_text_features(**inputs)
+        pad = self.processor.tokenizer.pad_token_id
+        tokens = (inputs["input_ids"] != pad).sum(dim=1).tolist()
+        return _normalise(output.pooler_output), tokens
+
+
+def _normalise(vectors: torch.Tensor) -> torch.Tensor:
+    vectors = vectors.float()
+    return vectors / vectors.norm(p=2, dim=-1, keepdim=True)
+
+
+def _split(vectors: torch.Tensor, sizes: list[int], tokens: list[int], images: bool) -> list[dict[str, Any]]:
+    rows = vectors.cpu().numpy()
+    results, start = [], 0
+    for size in sizes:
+        results.append(
+            {
+                "embeddings": rows[start : start + size],
+                "tokens": int(sum(tokens[start : start + size])),
+                "images": size if images else 0,
+            }
+        )
+        start += size
+    return results

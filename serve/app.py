@@ -1,0 +1,31 @@
+"""The typed application builder: `serve run serve/configs/local.yaml` calls `build_app(args)`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.registry import FAMILIES
+from serve.config import AppArgs
+from serve.ingress import Gateway
+
+logger = logging.getLogger("gigarouter.app")
+
+
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """Bind one deployment per catalog entry and the ingress that routes to them."""
+    args = AppArgs.model_validate(args)
+    handles = {}
+    for spec in args.models:
+        source = args.resolve_source(spec.source)
+        model = serve.deployment(FAMILIES[spec.family]).options(**spec.serve_options())
+        handles[spec.id] = model.bind(spec.model_dump(), source)
+        logger.info("model %s (%s) from %s as deployment %s", spec.id, spec.family, source, spec.deployment_name)
+    return Gateway.options(**args.gateway.serve_options()).bind(
+        args.gateway.model_dump(),
+        [spec.model_dump() for spec in args.models],
+        handles,
+    )

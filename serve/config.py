@@ -1,0 +1,199 @@
+"""Typed configuration: YAML args -> these models -> deployment options. Nothing else reads the YAML."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve.catalog import FAMILY_TASKS
+from serve.images import ImageLimits
+
+Family = Literal["florence2", "kosmos2", "siglip2", "blip"]
+Status = Literal["live", "coming_soon"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchConfig(Strict):
+    """Live-tunable batching, delivered to replicas as Serve's `user_config`."""
+
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
+
+
+class GenerationConfig(Strict):
+    """Defaults and server-side caps for generation settings a request may ask for."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1)
+    max_new_tokens_cap: int = Field(1024, ge=1)
+    num_beams_cap: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> GenerationConfig:
+        if self.max_new_tokens > self.max_new_tokens_cap:
+            raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_cap")
+        if self.num_beams > self.num_beams_cap:
+            raise ValueError("generation.num_beams must not exceed generation.num_beams_cap")
+        return self
+
+
+# Fast wake-up from zero: the router pushes its queue metrics every second and the controller
+# scales up at once (FACTS.md: ~1.1 s instead of ~10 s with Serve's defaults).
+SCALE_TO_ZERO_DEFAULTS: dict[str, Any] = {
+    "min_replicas": 0,
+    "initial_replicas": 0,
+    "max_replicas": 1,
+    "metrics_interval_s": 1.0,
+    "upscale_delay_s": 0.0,
+    "look_back_period_s": 30.0,
+    "downscale_delay_s": 300.0,
+    "downscale_to_zero_delay_s": 300.0,
+}
+
+
+class DeploymentConfig(Strict):
+    """The Serve options of one model's deployment."""
+
+    name: str | None = None
+    num_replicas: int | None = Field(None, ge=0)
+    autoscaling_config: dict[str, Any] | None = None
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = -1
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    health_check_period_s: float | None = None
+    graceful_shutdown_timeout_s: float | None = None
+
+
+class ModelSpec(Strict):
+    """One catalog entry: what is served under `id`, from which checkpoint, and how it is deployed."""
+
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1, description="checkpoint: a hub id or a local directory")
+    family: Family
+    status: Status = "live"
+    license: str | None = None
+    parameters: int | None = Field(None, ge=0, description="parameter count")
+    price_per_1k_images: float | None = Field(None, ge=0)
+    owned_by: str | None = None
+    created: int = 1700000000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    torch_threads: int | None = Field(None, ge=1)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    batching: BatchConfig = Field(default_factory=BatchConfig)
+    options: dict[str, Any] = Field(default_factory=dict, description="family-specific settings")
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+    @property
+    def deployment_name(self) -> str:
+        return self.deployment.name or slug(self.id)
+
+    @property
+    def tasks(self) -> list[str]:
+        return [task.name for task in FAMILY_TASKS[self.family]]
+
+    @model_validator(mode="after")
+    def _check_deployment(self) -> ModelSpec:
+        dep = self.deployment
+        if dep.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"model {self.id}: deployment.max_ongoing_requests ({dep.max_ongoing_requests}) must be"
+                f" >= batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill"
+            )
+        if dep.num_replicas is not None and dep.autoscaling_config is not None:
+            raise ValueError(f"model {self.id}: set num_replicas or autoscaling_config, not both")
+        if self.status == "live" and self.min_replicas < 1:
+            raise ValueError(f"model {self.id}: a live model needs at least one replica")
+        return self
+
+    @property
+    def min_replicas(self) -> int:
+        if self.deployment.num_replicas is not None:
+            return self.deployment.num_replicas
+        if self.deployment.autoscaling_config is not None:
+            return int(self.deployment.autoscaling_config.get("min_replicas", 1))
+        return 0 if self.status == "coming_soon" else 1
+
+    def serve_options(self, source: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of `Deployment.options` for this model."""
+        dep = self.deployment
+        options: dict[str, Any] = {
+            "name": self.deployment_name,
+            "max_ongoing_requests": dep.max_ongoing_requests,
+            "max_queued_requests": dep.max_queued_requests,
+            "ray_actor_options": dep.ray_actor_options,
+            "user_config": self.batching.model_dump(),
+        }
+        if dep.num_replicas is not None:
+            options["num_replicas"] = dep.num_replicas
+        elif self.status == "coming_soon":
+            options["autoscaling_config"] = {**SCALE_TO_ZERO_DEFAULTS, **(dep.autoscaling_config or {})}
+        elif dep.autoscaling_config is not None:
+            options["autoscaling_config"] = dep.autoscaling_config
+        else:
+            options["num_replicas"] = 1
+        for key in ("health_check_period_s", "graceful_shutdown_timeout_s"):
+            if getattr(dep, key) is not None:
+                options[key] = getattr(dep, key)
+        return options
+
+
+class GatewayConfig(Strict):
+    """Settings of the ingress."""
+
+    request_timeout_s: float = Field(120.0, gt=0, description="a warm model must answer within this")
+    cold_start_timeout_s: float = Field(180.0, gt=0, description="a model at zero replicas must answer within this")
+    status_cache_s: float = Field(1.0, ge=0, description="how long a read of Serve's status is reused")
+    max_images_per_request: int = Field(16, ge=1)
+    max_inputs_per_request: int = Field(256, ge=1)
+    max_labels: int = Field(256, ge=1)
+    images: ImageLimits = Field(default_factory=ImageLimits)
+    num_replicas: int = Field(1, ge=1, description="ingress replicas")
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
+    max_ongoing_requests: int = Field(256, ge=1)
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments of `Deployment.options` for the ingress."""
+        return {
+            "num_replicas": self.num_replicas,
+            "ray_actor_options": self.ray_actor_options,
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+
+
+class AppArgs(Strict):
+    """Arguments of `serve.app:build_app`, as written under `args:` in a Serve config file."""
+
+    models: list[ModelSpec] = Field(min_length=1)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    checkpoint_dir: str | None = Field(
+        None, description="relative model sources are looked up here (default: the working directory)"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppArgs:
+        for attr in ("id", "deployment_name"):
+            seen: set[str] = set()
+            for model in self.models:
+                value = getattr(model, attr)
+                if value in seen:
+                    raise ValueError(f"two models share the {attr.replace('_', ' ')} '{value}'")
+                seen.add(value)
+        return self
+
+    def resolve_source(self, source: str) -> str:
+        """A local checkpoint directory as an absolute path (replicas run elsewhere); a hub id unchanged."""
+        base = Path(self.checkpoint_dir) if self.checkpoint_dir else Path.cwd()
+        candidate = Path(source) if Path(source).is_absolute() else base / source
+        return str(candidate.resolve()) if candidate.is_dir() else source
+
+
+def slug(model_id: str) -> str:
+    """The short name of a model id: `microsoft/Florence-2-large` -> `florence-2-large`."""
+    return re.sub(r"[^a-z0-9.-]+", "-", model_id.rsplit("/", 1)[-1].lower()).strip("-")

@@ -1,0 +1,340 @@
+"""The ingress: FastAPI routes behind `@serve.ingress`, routing each request to its model's deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.catalog import endpoints_of
+from serve.chat_tasks import CHAT_TASKS
+from serve.config import GatewayConfig, ModelSpec, slug
+from serve.errors import APIError, bad_request, error_body, model_not_found
+from serve.images import load_image
+from serve.protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    ClassificationRequest,
+    ClassificationResponse,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    LabelScore,
+    ModelCard,
+    ModelList,
+    Usage,
+    VisionResult,
+    chat_prompt,
+    sse,
+)
+
+logger = logging.getLogger("gigarouter.ingress")
+
+app = FastAPI(
+    title="gigarouter-serve",
+    description="OpenAI-compatible gateway for open vision models on Ray Serve.",
+    version="0.1.0",
+)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@app.exception_handler(APIError)
+async def _api_error(request: Request, error: APIError) -> JSONResponse:
+    return error_response(error)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    return error_response(bad_request(message, param=param))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return error_response(APIError(error.status_code, str(error.detail), type=kind))
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        error_body("The server failed to handle the request.", "server_error"), status_code=500
+    )
+
+
+class ModelStates:
+    """Replica counts and states of the model deployments, read from Serve's status without waking any."""
+
+    def __init__(self, cache_s: float) -> None:
+        self.cache_s = cache_s
+        self._read_at = 0.0
+        self._deployments: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, deployment: str) -> tuple[int, str]:
+        """(running replicas, state) of a deployment: state is cold, starting, ready or unavailable."""
+        await self._refresh()
+        overview = self._deployments.get(deployment)
+        if overview is None:
+            return 0, "starting"
+        counts = {getattr(k, "value", str(k)): n for k, n in overview.replica_states.items()}
+        running = counts.get("RUNNING", 0)
+        if running:
+            return running, "ready"
+        status = getattr(overview.status, "value", str(overview.status))
+        if status in ("UNHEALTHY", "DEPLOY_FAILED"):
+            return 0, "unavailable"
+        if any(counts.get(s, 0) for s in ("STARTING", "PENDING_MIGRATION", "RECOVERING")):
+            return 0, "starting"
+        return 0, "cold"
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._read_at < self.cache_s:
+                return
+            app_name = serve.get_replica_context().app_name
+            status = await asyncio.to_thread(serve.status)
+            application = status.applications.get(app_name)
+            self._deployments = dict(application.deployments) if application else {}
+            self._read_at = time.monotonic()
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(app)
+class Gateway:
+    """Routes OpenAI-style requests to the model deployments bound at build time."""
+
+    def __init__(self, config: dict[str, Any], models: list[dict[str, Any]], handles: dict[str, DeploymentHandle]) -> None:
+        self.config = GatewayConfig.model_validate(config)
+        self.specs = {spec.id: spec for spec in (ModelSpec.model_validate(m) for m in models)}
+        self.by_slug = {spec.deployment_name: spec for spec in self.specs.values()}
+        self.handles = handles
+        self.states = ModelStates(self.config.status_cache_s)
+
+    # ----- routing -----
+
+    def model(self, model_id: str, endpoint: str) -> ModelSpec:
+        spec = self.specs.get(model_id) or self.by_slug.get(slug(model_id))
+        if spec is None:
+            raise model_not_found(model_id)
+        if endpoint not in endpoints_of(spec.family):
+            served = ", ".join(f"/v1/{e.replace('chat', 'chat/completions')}" for e in sorted(endpoints_of(spec.family)))
+            raise bad_request(
+                f"The model '{spec.id}' does not support /v1/{endpoint.replace('chat', 'chat/completions')}; it serves {served}",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        return spec
+
+    async def call(self, spec: ModelSpec, method: str, **kwargs: Any) -> tuple[Any, bool]:
+        """Call a model deployment, waiting through a cold start if it has no replica; (result, was_cold)."""
+        running, state = await self.states.get(spec.deployment_name)
+        cold = running == 0
+        timeout = self.config.cold_start_timeout_s if cold else self.config.request_timeout_s
+        response = getattr(self.handles[spec.id], method).remote(**kwargs)
+        try:
+            return await asyncio.wait_for(response, timeout), cold
+        except asyncio.TimeoutError:
+            response.cancel()
+            what = "start and answer" if cold else "answer"
+            raise APIError(
+                504,
+                f"The model '{spec.id}' did not {what} within {timeout:g} s ({state}). Try again later.",
+                type="timeout_error",
+                code="model_timeout",
+                headers={"Retry-After": "10"},
+            )
+        except BackPressureError:
+            raise APIError(
+                503,
+                f"The model '{spec.id}' is overloaded. Try again later.",
+                type="overloaded_error",
+                code="model_overloaded",
+                headers={"Retry-After": "1"},
+            )
+        except Exception as error:
+            api_error = _api_error_in(error)
+            if api_error is not None:
+                raise api_error
+            logger.error("model %s failed: %s", spec.id, error)
+            raise APIError(500, f"The model '{spec.id}' failed to process the request.", type="server_error")
+
+    async def image(self, url: str, param: str):
+        return await load_image(url, self.config.images, param)
+
+    # ----- routes -----
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models(self) -> ModelList:
+        return ModelList(data=[await self.card(spec) for spec in self.specs.values()])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def get_model(self, model_id: str) -> ModelCard:
+        spec = self.specs.get(model_id)
+        if spec is None:
+            raise model_not_found(model_id)
+        return await self.card(spec)
+
+    async def card(self, spec: ModelSpec) -> ModelCard:
+        replicas, state = await self.states.get(spec.deployment_name)
+        return ModelCard(
+            id=spec.id,
+            created=spec.created,
+            owned_by=spec.owned_by or spec.id.split("/")[0],
+            status=spec.status,
+            family=spec.family,
+            replicas=replicas,
+            state=state,
+            tasks=spec.tasks,
+            endpoints=sorted(endpoints_of(spec.family)),
+            price_per_1k_images=spec.price_per_1k_images,
+            license=spec.license,
+            parameters=spec.parameters,
+        )
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion)
+    async def chat_completions(self, request: ChatCompletionRequest):
+        spec = self.model(request.model, "chat")
+        prompt = chat_prompt(request)
+        task, text = CHAT_TASKS[spec.family](prompt.text, "messages")
+        image = await self.image(prompt.image_url, prompt.image_param)
+        result, cold = await self.call(
+            spec,
+            "generate",
+            image=image,
+            task=task.name,
+            text=text or None,
+            max_new_tokens=request.token_limit,
+            num_beams=request.num_beams,
+        )
+        usage = Usage(
+            prompt_tokens=result["usage"]["prompt_tokens"],
+            completion_tokens=result["usage"]["completion_tokens"],
+            total_tokens=result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"],
+            images=1,
+        )
+        completion = ChatCompletion(
+            model=spec.id,
+            choices=[ChatChoice(message=ChatMessageOut(content=result["text"]), finish_reason=result["finish_reason"])],
+            usage=usage,
+            vision=VisionResult(task=result["task"], results=result["results"]),
+        )
+        headers = {"x-cold-start": "true"} if cold else {}
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return StreamingResponse(
+                _chat_stream(completion, include_usage), media_type="text/event-stream", headers=headers
+            )
+        return JSONResponse(completion.model_dump(), headers=headers)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(self, request: EmbeddingRequest):
+        spec = self.model(request.model, "embeddings")
+        if request.dimensions is not None:
+            raise bad_request("dimensions is not supported: embeddings have the model's own size", param="dimensions")
+        inputs = request.inputs
+        if len(inputs) > self.config.max_inputs_per_request:
+            raise bad_request(f"at most {self.config.max_inputs_per_request} inputs per request", param="input")
+        if request.resolved_modality == "image":
+            if len(inputs) > self.config.max_images_per_request:
+                raise bad_request(f"at most {self.config.max_images_per_request} images per request", param="input")
+            params = ["input" if isinstance(request.input, str) else f"input[{i}]" for i in range(len(inputs))]
+            images = await asyncio.gather(*(self.image(url, p) for url, p in zip(inputs, params)))
+            result, cold = await self.call(spec, "embed_images", images=list(images), max_num_patches=request.max_num_patches)
+        else:
+            if any(not text for text in inputs):
+                raise bad_request("input must not contain empty strings", param="input")
+            result, cold = await self.call(spec, "embed_texts", texts=inputs)
+        vectors = np.asarray(result["embeddings"], dtype=np.float32)
+        data = [
+            Embedding(index=i, embedding=_encode_vector(vector, request.encoding_format))
+            for i, vector in enumerate(vectors)
+        ]
+        usage = EmbeddingUsage(prompt_tokens=result["tokens"], total_tokens=result["tokens"], images=result["images"])
+        body = EmbeddingResponse(data=data, model=spec.id, usage=usage)
+        return JSONResponse(body.model_dump(), headers={"x-cold-start": "true"} if cold else {})
+
+    @app.post("/v1/classifications", response_model=ClassificationResponse)
+    async def classifications(self, request: ClassificationRequest):
+        spec = self.model(request.model, "classifications")
+        if len(request.labels) > self.config.max_labels:
+            raise bad_request(f"at most {self.config.max_labels} labels per request", param="labels")
+        image = await self.image(request.image, "image")
+        result, cold = await self.call(
+            spec,
+            "classify",
+            image=image,
+            labels=request.labels,
+            template=request.prompt_template,
+            max_num_patches=request.max_num_patches,
+        )
+        body = ClassificationResponse(
+            model=spec.id,
+            data=[LabelScore(**entry) for entry in result["labels"]],
+            usage=Usage(prompt_tokens=result["tokens"], total_tokens=result["tokens"], images=1),
+        )
+        return JSONResponse(body.model_dump(), headers={"x-cold-start": "true"} if cold else {})
+
+
+def _api_error_in(error: BaseException) -> APIError | None:
+    """The APIError a model replica raised, if that is what crossed the process boundary."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, APIError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+def _encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+async def _chat_stream(completion: ChatCompletion, include_usage: bool):
+    """The finished completion as OpenAI chat.completion.chunk events, ending in [DONE]."""
+    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": completion.model}
+    choice = completion.choices[0]
+    yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    for piece in _pieces(choice.message.content):
+        yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+    final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.finish_reason}]}
+    final["vision"] = completion.vision.model_dump()
+    yield sse(final)
+    if include_usage:
+        yield sse({**base, "choices": [], "usage": completion.usage.model_dump()})
+    yield sse("[DONE]")
+
+
+def _pieces(text: str, size: int = 16) -> list[str]:
+    words = text.split(" ")
+    pieces = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+    return [p if i == 0 else " " + p for i, p in enumerate(pieces)] or [""]

@@ -1,0 +1,255 @@
+"""The HTTP protocol: OpenAI-shaped request and response models, validated before anything reaches a model."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve.errors import bad_request
+
+
+class Request(BaseModel):
+    # OpenAI clients send fields we do not use (user, seed, ...): accept and ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+
+# ----- chat completions -----
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Request):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    num_beams: int | None = Field(None, ge=1, description="beam search width (extension)")
+    n: int = Field(1, ge=1, le=1, description="only one choice is produced")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2, description="accepted; decoding is deterministic")
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatPrompt(BaseModel):
+    """What a chat request asks of a vision model: one image and the text beside it."""
+
+    text: str
+    image_url: str
+    image_param: str
+
+
+def chat_prompt(request: ChatCompletionRequest) -> ChatPrompt:
+    """Take the image and text of the last user message; vision models here answer single turns."""
+    index = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=None)
+    if index is None:
+        raise bad_request("messages must contain a user message", param="messages")
+    content = request.messages[index].content
+    texts: list[str] = []
+    images: list[tuple[str, str]] = []
+    if isinstance(content, str):
+        texts.append(content)
+    for j, part in enumerate(content if isinstance(content, list) else []):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        else:
+            images.append((part.image_url.url, f"messages[{index}].content[{j}].image_url.url"))
+    if len(images) != 1:
+        raise bad_request(
+            f"the user message must hold exactly one image_url part (found {len(images)})",
+            param=f"messages[{index}].content",
+        )
+    return ChatPrompt(text=" ".join(t.strip() for t in texts if t.strip()), image_url=images[0][0], image_param=images[0][1])
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    images: int = 0
+
+
+class VisionResult(BaseModel):
+    """Extension field: the structured result of the task, so no client re-parses text."""
+
+    task: str
+    results: Any
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length"]
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    vision: VisionResult
+
+
+# ----- embeddings -----
+
+
+class EmbeddingRequest(Request):
+    model: str = Field(min_length=1)
+    input: str | list[str] = Field(description="texts, or image URLs (data: or http(s)) with modality 'image'")
+    encoding_format: Literal["float", "base64"] = "float"
+    modality: Literal["text", "image"] | None = Field(
+        None,
+        description="'text' or 'image' (extension). When omitted: 'image' if every input is a"
+        " data:image/ URL, else 'text'.",
+    )
+    max_num_patches: int | None = Field(None, ge=1, description="SigLIP2 naflex patch budget (extension)")
+    dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be empty")
+        return value
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    @property
+    def resolved_modality(self) -> Literal["text", "image"]:
+        if self.modality:
+            return self.modality
+        return "image" if all(item.startswith("data:image/") for item in self.inputs) else "text"
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    images: int = 0
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+# ----- zero-shot classification -----
+
+
+class ClassificationRequest(Request):
+    model: str = Field(min_length=1)
+    image: str = Field(min_length=1, description="data: or http(s) image URL")
+    labels: list[str] = Field(min_length=1, description="candidate labels")
+    prompt_template: str | None = Field(
+        None, description="how a label becomes text; must contain '{label}'. Default: 'This is a photo of {label}.'"
+    )
+    max_num_patches: int | None = Field(None, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        if any(not label.strip() for label in labels):
+            raise ValueError("labels must be non-empty strings")
+        return labels
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        if template is not None and "{label}" not in template:
+            raise ValueError("prompt_template must contain '{label}'")
+        return template
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassificationResponse(BaseModel):
+    object: Literal["classification"] = "classification"
+    model: str
+    data: list[LabelScore]
+    usage: Usage
+
+
+# ----- models -----
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    status: Literal["live", "coming_soon"]
+    family: str
+    replicas: int
+    state: str
+    tasks: list[str]
+    endpoints: list[str]
+    price_per_1k_images: float | None
+    license: str | None
+    parameters: int | None
+    demand: int = 0
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    """One server-sent event carrying JSON (or the literal [DONE])."""
+    body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {body}\n\n"

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny checkpoints, sample images, and one real Ray Serve instance per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, data_url, local_args, png_bytes
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+APP_NAME = "gigarouter"
+
+
+@pytest.fixture(scope="session")
+def checkpoints() -> Path:
+    """The tiny checkpoints, built once (idempotent: `make test` has usually built them already)."""
+    from deployments.tiny import build_all
+
+    out = ROOT / "checkpoints" / "tiny"
+    build_all(out)
+    return out
+
+
+@dataclass
+class Gateway:
+    url: str
+    port: int
+    initial_models: dict[str, dict[str, Any]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gateway(checkpoints: Path) -> Gateway:
+    """The local catalog deployed on a real Ray Serve instance, HTTP on 127.0.0.1."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    port = _free_port()
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        logging_level="WARNING",
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = local_args()
+    args["checkpoint_dir"] = str(checkpoints)
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    listing = httpx.get(f"{url}/v1/models", timeout=30).json()
+    yield Gateway(url=url, port=port, initial_models={m["id"]: m for m in listing["data"]})
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(gateway: Gateway):
+    import httpx
+
+    with httpx.Client(base_url=gateway.url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def image_url() -> str:
+    return data_url(png_bytes())

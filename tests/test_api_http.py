@@ -1,0 +1,200 @@
+"""End to end over real HTTP: every endpoint of the gateway against the tiny models on Ray Serve."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import (
+    BLIP,
+    COMING_SOON,
+    FLORENCE_BASE,
+    FLORENCE_LARGE,
+    KOSMOS,
+    SIGLIP,
+    assert_error,
+    chat,
+    data_url,
+    png_bytes,
+)
+
+
+def test_models_list_at_start(gateway):
+    models = gateway.initial_models
+    assert set(models) == {FLORENCE_LARGE, *COMING_SOON}
+    assert models[FLORENCE_LARGE]["status"] == "live"
+    assert models[FLORENCE_LARGE]["replicas"] == 1
+    for model_id in COMING_SOON:
+        assert models[model_id]["status"] == "coming_soon"
+        assert models[model_id]["replicas"] == 0, model_id
+        assert models[model_id]["state"] == "cold"
+    assert models[FLORENCE_BASE]["price_per_1k_images"] == 0.094
+    assert models[KOSMOS]["price_per_1k_images"] == 0.626
+    assert models[BLIP]["price_per_1k_images"] is None
+    assert "object-detection" in models[FLORENCE_LARGE]["tasks"]
+    assert len(models[FLORENCE_LARGE]["tasks"]) == 15
+    assert models[FLORENCE_LARGE]["license"] == "MIT"
+
+
+def test_model_card_and_openapi(client):
+    card = client.get(f"/v1/models/{SIGLIP}").json()
+    assert card["id"] == SIGLIP and card["object"] == "model" and card["owned_by"] == "google"
+    assert card["endpoints"] == ["classifications", "embeddings"]
+    assert_error(client.get("/v1/models/acme/nope"), 404, "model")
+    spec = client.get("/openapi.json").json()
+    assert "/v1/chat/completions" in spec["paths"] and "/v1/embeddings" in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_florence_caption(client, image_url):
+    response = client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<CAPTION>", image_url))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == FLORENCE_LARGE
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert isinstance(body["choices"][0]["message"]["content"], str)
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert body["vision"]["task"] == "caption"
+    assert body["vision"]["results"] == body["choices"][0]["message"]["content"]
+    assert body["usage"]["images"] == 1 and body["usage"]["prompt_tokens"] > 0
+    assert body["usage"]["completion_tokens"] <= 32
+
+
+def test_florence_object_detection_structure(client, image_url):
+    response = client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<OD>", image_url, max_tokens=24))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    results = body["vision"]["results"]
+    assert body["vision"]["task"] == "object-detection"
+    assert set(results) == {"bboxes"}
+    for box in results["bboxes"]:
+        assert set(box) == {"x", "y", "w", "h", "label"}
+        assert 0 <= box["x"] <= 64 and 0 <= box["y"] <= 48 and box["w"] >= 0 and box["h"] >= 0
+    assert json.loads(body["choices"][0]["message"]["content"]) == results
+
+
+def test_florence_text_task_and_defaults(client, image_url):
+    grounded = client.post(
+        "/v1/chat/completions", json=chat(FLORENCE_LARGE, "<CAPTION_TO_PHRASE_GROUNDING> a red square", image_url)
+    )
+    assert grounded.status_code == 200, grounded.text
+    assert "bboxes" in grounded.json()["vision"]["results"]
+    plain = client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "", image_url))
+    assert plain.status_code == 200 and plain.json()["vision"]["task"] == "caption"
+
+
+def test_florence_bad_prompts_are_400(client, image_url):
+    assert_error(client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "what is this?", image_url)), 400, "messages")
+    assert_error(client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<OD> cars", image_url)), 400, "messages")
+    assert_error(
+        client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<OPEN_VOCABULARY_DETECTION>", image_url)),
+        400,
+        "messages",
+    )
+
+
+def test_streaming_is_valid_sse(client, image_url):
+    request = chat(FLORENCE_LARGE, "<CAPTION>", image_url, stream=True, stream_options={"include_usage": True})
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["vision"]["results"] == text
+    assert chunks[-1]["usage"]["images"] == 1
+    alone = client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<CAPTION>", image_url)).json()
+    assert alone["choices"][0]["message"]["content"] == text
+
+
+def test_kosmos_grounded_caption_wakes_from_zero(client, image_url):
+    response = client.post("/v1/chat/completions", json=chat(KOSMOS, "<grounding>An image of", image_url))
+    assert response.status_code == 200, response.text
+    results = response.json()["vision"]["results"]
+    assert set(results) == {"caption", "entities"}
+    assert results["caption"] == response.json()["choices"][0]["message"]["content"]
+    for entity in results["entities"]:
+        assert set(entity) == {"phrase", "span", "boxes", "bboxes"}
+        start, end = entity["span"]
+        assert results["caption"][start:end] == entity["phrase"]
+        for box in entity["boxes"]:
+            assert 0 <= box["x1"] <= box["x2"] <= 1
+    assert client.get(f"/v1/models/{KOSMOS}").json()["replicas"] >= 1
+
+
+def test_blip_caption_and_prefix(client, image_url):
+    plain = client.post("/v1/chat/completions", json=chat(BLIP, "", image_url))
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["vision"]["task"] == "caption"
+    prefixed = client.post("/v1/chat/completions", json=chat(BLIP, "a picture of", image_url))
+    assert prefixed.status_code == 200, prefixed.text
+    body = prefixed.json()
+    assert body["vision"]["task"] == "conditional-caption"
+    assert body["choices"][0]["message"]["content"].startswith("a picture of")
+
+
+def test_embeddings_text_and_image(client, image_url):
+    texts = client.post("/v1/embeddings", json={"model": SIGLIP, "input": ["a red square", "a cat"]})
+    assert texts.status_code == 200, texts.text
+    body = texts.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    vectors = np.array([d["embedding"] for d in body["data"]])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert body["usage"]["prompt_tokens"] > 0
+
+    other = data_url(png_bytes(color="blue"))
+    images = client.post("/v1/embeddings", json={"model": SIGLIP, "input": [image_url, other]}).json()
+    image_vectors = np.array([d["embedding"] for d in images["data"]])
+    assert image_vectors.shape[0] == 2 and images["usage"]["images"] == 2
+    assert np.allclose(np.linalg.norm(image_vectors, axis=1), 1.0, atol=1e-4)
+
+    encoded = client.post(
+        "/v1/embeddings", json={"model": SIGLIP, "input": [image_url, other], "encoding_format": "base64"}
+    ).json()
+    decoded = np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded["data"]])
+    assert np.allclose(decoded, image_vectors, atol=1e-6)
+
+
+def test_embeddings_image_modality_switch(client, image_url):
+    as_image = client.post("/v1/embeddings", json={"model": SIGLIP, "input": image_url, "modality": "image"}).json()
+    as_text = client.post("/v1/embeddings", json={"model": SIGLIP, "input": "a red square", "modality": "text"}).json()
+    assert as_image["usage"]["images"] == 1 and as_text["usage"]["images"] == 0
+    patches = client.post(
+        "/v1/embeddings", json={"model": SIGLIP, "input": image_url, "max_num_patches": 16}
+    )
+    assert patches.status_code == 200
+    assert_error(client.post("/v1/embeddings", json={"model": SIGLIP, "input": image_url, "max_num_patches": 100000}), 400, "max_num_patches")
+
+
+def test_classifications_are_sigmoid(client, image_url):
+    labels = ["red square", "cat", "car"]
+    response = client.post("/v1/classifications", json={"model": SIGLIP, "image": image_url, "labels": labels})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert sorted(d["label"] for d in data) == sorted(labels)
+    scores = [d["score"] for d in data]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 < s < 1 for s in scores)
+    assert abs(sum(scores) - 1) > 1e-3 or len(scores) == 1  # independent sigmoids, not a softmax
+    single = client.post("/v1/classifications", json={"model": SIGLIP, "image": image_url, "labels": ["car"]}).json()
+    assert single["data"][0]["score"] == pytest.approx([d for d in data if d["label"] == "car"][0]["score"], abs=1e-5)
+
+
+def test_errors_use_the_openai_envelope(client, image_url):
+    assert_error(client.post("/v1/chat/completions", json=chat("acme/unknown", "", image_url)), 404, "model")
+    assert_error(client.post("/v1/embeddings", json={"model": FLORENCE_LARGE, "input": "x"}), 400, "model")
+    assert_error(client.post("/v1/chat/completions", json=chat(SIGLIP, "", image_url)), 400, "model")
+    assert_error(client.post("/v1/chat/completions", json={"model": BLIP, "messages": []}), 400, "messages")
+    assert_error(client.post("/v1/chat/completions", json=chat(BLIP, "", "data:image/png;base64,!!!")), 400)
+    assert_error(client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert_error(client.post("/v1/classifications", json={"model": SIGLIP, "image": image_url, "labels": []}), 400, "labels")
+    assert_error(client.get("/v1/nothing-here"), 404)
+    no_image = {"model": BLIP, "messages": [{"role": "user", "content": "hello"}]}
+    assert_error(client.post("/v1/chat/completions", json=no_image), 400, "messages[0].content")

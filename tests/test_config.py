@@ -1,0 +1,101 @@
+"""The typed catalog configuration and the deployment options it produces."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve.config import AppArgs, ModelSpec, slug
+from tests.helpers import ROOT, local_args
+
+PRODUCTION_CONFIG = ROOT / "serve" / "configs" / "production.yaml"
+
+
+def spec(**overrides) -> ModelSpec:
+    return ModelSpec.model_validate({"id": "acme/Model-X", "source": "acme/model-x", "family": "blip", **overrides})
+
+
+def test_local_config_has_the_five_catalog_models():
+    args = AppArgs.model_validate(local_args())
+    by_id = {m.id: m for m in args.models}
+    assert set(by_id) == {
+        "microsoft/Florence-2-large",
+        "microsoft/Florence-2-base",
+        "microsoft/kosmos-2-patch14-224",
+        "google/siglip2-base-patch16-naflex",
+        "Salesforce/blip-image-captioning-base",
+    }
+    assert by_id["microsoft/Florence-2-large"].status == "live"
+    for model in args.models:
+        options = model.serve_options()
+        assert options["ray_actor_options"]["num_cpus"] < 1
+        assert options["max_ongoing_requests"] >= options["user_config"]["max_batch_size"]
+        if model.status == "coming_soon":
+            scaling = options["autoscaling_config"]
+            assert scaling["min_replicas"] == 0 and scaling["initial_replicas"] == 0
+            assert scaling["upscale_delay_s"] == 0
+        else:
+            assert options["num_replicas"] == 1
+
+
+def test_production_config_uses_real_sources_and_gpu_fractions():
+    config = yaml.safe_load(PRODUCTION_CONFIG.read_text())
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    fractions = {m.id: m.deployment.ray_actor_options["num_gpus"] for m in args.models}
+    assert fractions["microsoft/Florence-2-large"] == 0.5
+    assert fractions["microsoft/kosmos-2-patch14-224"] == 0.5
+    assert fractions["google/siglip2-base-patch16-naflex"] == 0.25
+    sources = {m.id: m.source for m in args.models}
+    assert sources["microsoft/Florence-2-large"] == "florence-community/Florence-2-large"
+    assert all(m.dtype in ("float16", "bfloat16") for m in args.models)
+    live = [m for m in args.models if m.status == "live"]
+    assert all(m.serve_options()["autoscaling_config"]["min_replicas"] >= 1 for m in live)
+
+
+def test_deployment_names_are_slugs():
+    assert slug("microsoft/Florence-2-large") == "florence-2-large"
+    assert slug("google/siglip2-base-patch16-naflex") == "siglip2-base-patch16-naflex"
+    assert spec(deployment={"name": "custom"}).deployment_name == "custom"
+
+
+def test_batches_must_be_able_to_fill():
+    with pytest.raises(ValidationError, match="max_ongoing_requests"):
+        spec(batching={"max_batch_size": 32}, deployment={"max_ongoing_requests": 8})
+
+
+def test_live_models_keep_a_replica():
+    with pytest.raises(ValidationError, match="at least one replica"):
+        spec(status="live", deployment={"num_replicas": 0})
+    with pytest.raises(ValidationError, match="at least one replica"):
+        spec(status="live", deployment={"autoscaling_config": {"min_replicas": 0}})
+    assert spec(status="coming_soon").min_replicas == 0
+
+
+def test_coming_soon_overrides_merge_into_scale_to_zero_defaults():
+    options = spec(status="coming_soon", deployment={"autoscaling_config": {"max_replicas": 3}}).serve_options()
+    assert options["autoscaling_config"]["max_replicas"] == 3
+    assert options["autoscaling_config"]["min_replicas"] == 0
+    assert options["autoscaling_config"]["metrics_interval_s"] == 1.0
+
+
+def test_unknown_keys_and_families_are_rejected():
+    with pytest.raises(ValidationError):
+        spec(familly="blip")
+    with pytest.raises(ValidationError):
+        spec(family="llama")
+    with pytest.raises(ValidationError, match="generation"):
+        spec(generation={"max_new_tokens": 2000, "max_new_tokens_cap": 100})
+
+
+def test_duplicate_ids_are_rejected():
+    model = {"id": "a/b", "source": "x", "family": "blip"}
+    with pytest.raises(ValidationError, match="share the id"):
+        AppArgs.model_validate({"models": [model, model]})
+
+
+def test_local_sources_resolve_to_absolute_paths(tmp_path):
+    (tmp_path / "blip").mkdir()
+    args = AppArgs.model_validate({"models": [{"id": "a/b", "source": "blip", "family": "blip"}], "checkpoint_dir": str(tmp_path)})
+    assert args.resolve_source("blip") == str((tmp_path / "blip").resolve())
+    assert args.resolve_source("Salesforce/blip-image-captioning-base") == "Salesforce/blip-image-captioning-base"
