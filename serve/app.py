@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -18,14 +19,15 @@ logger = logging.getLogger("gigarouter.app")
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """Bind one deployment per catalog entry and the ingress that routes to them."""
     args = AppArgs.model_validate(args)
+    gateway = args.gateway.model_copy(update={"demand_db": str(Path(args.gateway.demand_db).expanduser().resolve())})
     handles = {}
     for spec in args.models:
         source = args.resolve_source(spec.source)
         model = serve.deployment(FAMILIES[spec.family]).options(**spec.serve_options())
         handles[spec.id] = model.bind(spec.model_dump(), source)
         logger.info("model %s (%s) from %s as deployment %s", spec.id, spec.family, source, spec.deployment_name)
-    return Gateway.options(**args.gateway.serve_options()).bind(
-        args.gateway.model_dump(),
+    return Gateway.options(**gateway.serve_options()).bind(
+        gateway.model_dump(),
         [spec.model_dump() for spec in args.models],
         handles,
     )

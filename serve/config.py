@@ -154,6 +154,7 @@ class GatewayConfig(Strict):
     max_inputs_per_request: int = Field(256, ge=1)
     max_labels: int = Field(256, ge=1)
     images: ImageLimits = Field(default_factory=ImageLimits)
+    demand_db: str = Field("data/demand.sqlite3", description="SQLite file of demand signals (shared storage on a cluster)")
     num_replicas: int = Field(1, ge=1, description="ingress replicas")
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
     max_ongoing_requests: int = Field(256, ge=1)

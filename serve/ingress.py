@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve.catalog import endpoints_of
 from serve.chat_tasks import CHAT_TASKS
 from serve.config import GatewayConfig, ModelSpec, slug
+from serve.demand import DemandStore
 from serve.errors import APIError, bad_request, error_body, model_not_found
 from serve.images import load_image
 from serve.protocol import (
@@ -33,6 +34,7 @@ from serve.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    InterestResponse,
     LabelScore,
     ModelCard,
     ModelList,
@@ -131,6 +133,7 @@ class Gateway:
         self.by_slug = {spec.deployment_name: spec for spec in self.specs.values()}
         self.handles = handles
         self.states = ModelStates(self.config.status_cache_s)
+        self.demand = DemandStore(self.config.demand_db)
 
     # ----- routing -----
 
@@ -191,16 +194,24 @@ class Gateway:
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
-        return ModelList(data=[await self.card(spec) for spec in self.specs.values()])
+        demand = await self.demand.acounts()
+        return ModelList(data=[await self.card(spec, demand) for spec in self.specs.values()])
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
     async def get_model(self, model_id: str) -> ModelCard:
         spec = self.specs.get(model_id)
         if spec is None:
             raise model_not_found(model_id)
-        return await self.card(spec)
+        return await self.card(spec, await self.demand.acounts())
 
-    async def card(self, spec: ModelSpec) -> ModelCard:
+    @app.post("/v1/models/{model_id:path}/interest", response_model=InterestResponse)
+    async def register_interest(self, model_id: str) -> InterestResponse:
+        spec = self.specs.get(model_id)
+        if spec is None:
+            raise model_not_found(model_id)
+        return InterestResponse(id=spec.id, demand=await self.demand.arecord(spec.id))
+
+    async def card(self, spec: ModelSpec, demand: dict[str, int]) -> ModelCard:
         replicas, state = await self.states.get(spec.deployment_name)
         return ModelCard(
             id=spec.id,
@@ -215,6 +226,7 @@ class Gateway:
             price_per_1k_images=spec.price_per_1k_images,
             license=spec.license,
             parameters=spec.parameters,
+            demand=demand.get(spec.id, 0),
         )
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion)

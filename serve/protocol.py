@@ -244,6 +244,12 @@ class ModelCard(BaseModel):
     demand: int = 0
 
 
+class InterestResponse(BaseModel):
+    id: str
+    object: Literal["model.interest"] = "model.interest"
+    demand: int
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]

@@ -43,7 +43,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def gateway(checkpoints: Path) -> Gateway:
+def gateway(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Gateway:
     """The local catalog deployed on a real Ray Serve instance, HTTP on 127.0.0.1."""
     import httpx
     import ray
@@ -61,6 +61,7 @@ def gateway(checkpoints: Path) -> Gateway:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = local_args()
     args["checkpoint_dir"] = str(checkpoints)
+    args["gateway"]["demand_db"] = str(tmp_path_factory.mktemp("state") / "demand.sqlite3")
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     listing = httpx.get(f"{url}/v1/models", timeout=30).json()

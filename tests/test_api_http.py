@@ -198,3 +198,13 @@ def test_errors_use_the_openai_envelope(client, image_url):
     assert_error(client.get("/v1/nothing-here"), 404)
     no_image = {"model": BLIP, "messages": [{"role": "user", "content": "hello"}]}
     assert_error(client.post("/v1/chat/completions", json=no_image), 400, "messages[0].content")
+
+
+def test_interest_is_counted_in_the_listing(client):
+    before = client.get(f"/v1/models/{FLORENCE_BASE}").json()["demand"]
+    response = client.post(f"/v1/models/{FLORENCE_BASE}/interest")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"id": FLORENCE_BASE, "object": "model.interest", "demand": before + 1}
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert listed[FLORENCE_BASE]["demand"] == before + 1
+    assert_error(client.post("/v1/models/acme/unknown/interest"), 404, "model")
