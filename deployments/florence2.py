@@ -15,6 +15,7 @@ from deployments.base import VisionModel
 from serve.catalog import Task, find_task
 from serve.errors import bad_request
 
+LOC_TOKEN = re.compile(r"<loc_\d+>")
 LOC_REGION = re.compile(r"^(<loc_\d{1,3}>){4}$")
 PIXEL_REGION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -139,7 +140,8 @@ def region_tokens(region: dict[str, float], size: tuple[int, int]) -> str:
 def to_fal(parsed: Any) -> Any:
     """The processor's parsed answer in fal.ai's Florence-2 result shapes, in pixels."""
     if isinstance(parsed, str):
-        return parsed
+        # The processor leaves location tokens in plain-text answers; a text answer holds none.
+        return LOC_TOKEN.sub("", parsed).strip()
     if "quad_boxes" in parsed:
         return {"quad_boxes": [_quad(q, label) for q, label in zip(parsed["quad_boxes"], parsed["labels"])]}
     result: dict[str, Any] = {}
@@ -159,7 +161,9 @@ def to_fal(parsed: Any) -> Any:
 
 
 def _box(box: list[float], label: str) -> dict[str, Any]:
-    x1, y1, x2, y2 = (float(v) for v in box)
+    # A model may emit corners in either order; the box is the same rectangle.
+    x1, x2 = sorted(float(v) for v in box[0::2])
+    y1, y2 = sorted(float(v) for v in box[1::2])
     return {"x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1, "label": _clean(label)}
 
 

@@ -62,3 +62,15 @@ def model_not_found(model: str) -> APIError:
         param="model",
         code="model_not_found",
     )
+
+
+def find_api_error(error: BaseException) -> APIError | None:
+    """The APIError a model replica raised, if that is what crossed the process boundary."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, APIError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None

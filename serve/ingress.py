@@ -1,9 +1,9 @@
 """The ingress: FastAPI routes behind `@serve.ingress`, routing each request to its model's deployment."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime.
+
 
 import asyncio
-import base64
 import logging
 import time
 from typing import Any
@@ -21,7 +21,7 @@ from serve.catalog import endpoints_of
 from serve.chat_tasks import CHAT_TASKS
 from serve.config import GatewayConfig, ModelSpec, slug
 from serve.demand import DemandStore
-from serve.errors import APIError, bad_request, error_body, model_not_found
+from serve.errors import APIError, bad_request, error_body, find_api_error, model_not_found
 from serve.images import load_image
 from serve.protocol import (
     ChatChoice,
@@ -41,7 +41,8 @@ from serve.protocol import (
     Usage,
     VisionResult,
     chat_prompt,
-    sse,
+    chat_stream,
+    encode_vector,
 )
 
 logger = logging.getLogger("gigarouter.ingress")
@@ -177,7 +178,7 @@ class Gateway:
                 headers={"Retry-After": "1"},
             )
         except Exception as error:
-            api_error = _api_error_in(error)
+            api_error = find_api_error(error)
             if api_error is not None:
                 raise api_error
             logger.error("model %s failed: %s", spec.id, error)
@@ -260,7 +261,7 @@ class Gateway:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                _chat_stream(completion, include_usage), media_type="text/event-stream", headers=headers
+                chat_stream(completion, include_usage), media_type="text/event-stream", headers=headers
             )
         return JSONResponse(completion.model_dump(), headers=headers)
 
@@ -284,7 +285,7 @@ class Gateway:
             result, cold = await self.call(spec, "embed_texts", texts=inputs)
         vectors = np.asarray(result["embeddings"], dtype=np.float32)
         data = [
-            Embedding(index=i, embedding=_encode_vector(vector, request.encoding_format))
+            Embedding(index=i, embedding=encode_vector(vector, request.encoding_format))
             for i, vector in enumerate(vectors)
         ]
         usage = EmbeddingUsage(prompt_tokens=result["tokens"], total_tokens=result["tokens"], images=result["images"])
@@ -311,42 +312,3 @@ class Gateway:
             usage=Usage(prompt_tokens=result["tokens"], total_tokens=result["tokens"], images=1),
         )
         return JSONResponse(body.model_dump(), headers={"x-cold-start": "true"} if cold else {})
-
-
-def _api_error_in(error: BaseException) -> APIError | None:
-    """The APIError a model replica raised, if that is what crossed the process boundary."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, APIError):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__
-    return None
-
-
-def _encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
-async def _chat_stream(completion: ChatCompletion, include_usage: bool):
-    """The finished completion as OpenAI chat.completion.chunk events, ending in [DONE]."""
-    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": completion.model}
-    choice = completion.choices[0]
-    yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-    for piece in _pieces(choice.message.content):
-        yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-    final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.finish_reason}]}
-    final["vision"] = completion.vision.model_dump()
-    yield sse(final)
-    if include_usage:
-        yield sse({**base, "choices": [], "usage": completion.usage.model_dump()})
-    yield sse("[DONE]")
-
-
-def _pieces(text: str, size: int = 16) -> list[str]:
-    words = text.split(" ")
-    pieces = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
-    return [p if i == 0 else " " + p for i, p in enumerate(pieces)] or [""]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve.errors import bad_request
@@ -259,3 +261,30 @@ def sse(payload: dict[str, Any] | str) -> str:
     """One server-sent event carrying JSON (or the literal [DONE])."""
     body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {body}\n\n"
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+async def chat_stream(completion: ChatCompletion, include_usage: bool):
+    """The finished completion as OpenAI chat.completion.chunk events, ending in [DONE]."""
+    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": completion.model}
+    choice = completion.choices[0]
+    yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    for piece in text_pieces(choice.message.content):
+        yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+    final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.finish_reason}]}
+    final["vision"] = completion.vision.model_dump()
+    yield sse(final)
+    if include_usage:
+        yield sse({**base, "choices": [], "usage": completion.usage.model_dump()})
+    yield sse("[DONE]")
+
+
+def text_pieces(text: str, size: int = 16) -> list[str]:
+    words = text.split(" ")
+    pieces = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+    return [p if i == 0 else " " + p for i, p in enumerate(pieces)] or [""]

@@ -44,3 +44,12 @@ def test_open_vocabulary_mix_and_text():
     parsed = {"bboxes": [[0, 0, 2, 2]], "bboxes_labels": ["cat"], "polygons": [], "polygons_labels": []}
     assert to_fal(parsed) == {"bboxes": [{"x": 0, "y": 0, "w": 2, "h": 2, "label": "cat"}]}
     assert to_fal("a caption") == "a caption"
+
+
+def test_corner_order_does_not_matter():
+    parsed = {"bboxes": [[54.0, 40.0, 50.0, 18.0]], "labels": ["x"]}
+    assert to_fal(parsed) == {"bboxes": [{"x": 50.0, "y": 18.0, "w": 4.0, "h": 22.0, "label": "x"}]}
+
+
+def test_text_answers_lose_location_tokens():
+    assert to_fal("car<loc_100><loc_200><loc_300><loc_400>") == "car"
