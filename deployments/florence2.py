@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from deployments.base import VisionModel
 from serve.catalog import Task, find_task
 from serve.errors import bad_request
+from serve.protocol import checked_region
 
 LOC_TOKEN = re.compile(r"<loc_\d+>")
 LOC_REGION = re.compile(r"^(<loc_\d{1,3}>){4}$")
@@ -100,8 +101,7 @@ class Florence2(VisionModel):
         eos = self.model.generation_config.eos_token_id
         results = []
         for item, sequence, raw in zip(items, generated.tolist(), texts):
-            parsed = self.processor.post_process_generation(raw, task=item.task.prompt, image_size=item.image.size)
-            structured = to_fal(parsed[item.task.prompt])
+            structured = parse_answer(self.processor, raw, item.task.prompt, item.image.size)
             new_tokens = [t for t in sequence[1:] if t != self.processor.tokenizer.pad_token_id]
             stopped = bool(new_tokens) and new_tokens[-1] in _as_list(eos)
             results.append(
@@ -118,23 +118,15 @@ class Florence2(VisionModel):
 
 def region_tokens(region: dict[str, float], size: tuple[int, int]) -> str:
     """A pixel region as Florence's four location tokens (1000 bins per side)."""
+    x1, y1, x2, y2 = checked_region(region, size)
     width, height = size
-    try:
-        x1, y1, x2, y2 = (float(region[k]) for k in ("x1", "y1", "x2", "y2"))
-    except (KeyError, TypeError, ValueError):
-        raise bad_request("region needs numeric x1, y1, x2, y2", param="region") from None
-    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-        raise bad_request(
-            f"region must satisfy 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height} (the image size)",
-            param="region",
-        )
-    bins = [
-        min(999, int(x1 / width * 1000)),
-        min(999, int(y1 / height * 1000)),
-        min(999, int(x2 / width * 1000)),
-        min(999, int(y2 / height * 1000)),
-    ]
+    bins = [min(999, int(value / side * 1000)) for value, side in ((x1, width), (y1, height), (x2, width), (y2, height))]
     return "".join(f"<loc_{b}>" for b in bins)
+
+
+def parse_answer(processor: Any, raw: str, task_prompt: str, size: tuple[int, int]) -> Any:
+    """Decoded Florence-2 output -> the task's result in fal.ai's shapes, in pixels of the input image."""
+    return to_fal(processor.post_process_generation(raw, task=task_prompt, image_size=size)[task_prompt])
 
 
 def to_fal(parsed: Any) -> Any:

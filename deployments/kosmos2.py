@@ -1,4 +1,4 @@
-"""Kosmos-2: grounded captions whose phrases link to boxes, given normalised and in pixels."""
+"""Kosmos-2: grounded captions, phrase grounding, region descriptions and grounded VQA, with pixel boxes."""
 
 from __future__ import annotations
 
@@ -10,14 +10,22 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from deployments.base import VisionModel
+from serve.catalog import find_task
+from serve.errors import bad_request
+from serve.protocol import checked_region
 
-DEFAULT_PROMPT = "<grounding>An image of"
+DEFAULT_CAPTION_PROMPT = "<grounding>An image of"
+VQA_ANSWER = "Answer:"
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass
 class Kosmos2Item:
     image: Image.Image
+    task: str
     prompt: str
+    box: Box | None
     max_new_tokens: int
     num_beams: int
 
@@ -37,21 +45,31 @@ class Kosmos2(VisionModel):
         image: Image.Image | bytes,
         task: str = "grounded-caption",
         text: str | None = None,
+        region: dict[str, float] | None = None,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
     ) -> dict[str, Any]:
-        """Continue a Kosmos-2 prompt (default `<grounding>An image of`) and extract its grounded entities."""
+        """Run one Kosmos-2 task on one image; entities carry phrase, span and boxes (normalised and pixels)."""
+        image = self.image(image)
+        spec = find_task(self.family, task)
+        if spec is None:
+            raise bad_request(f"unknown Kosmos-2 task '{task}'", param="task")
         tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        prompt = (text or "").strip() or DEFAULT_PROMPT
-        return await self.submit(Kosmos2Item(self.image(image), prompt, tokens, beams))
+        prompt, box = build_prompt(spec.name, (text or "").strip(), region, image.size)
+        return await self.submit(Kosmos2Item(image, spec.name, prompt, box, tokens, beams))
 
     def group_key(self, item: Kosmos2Item) -> Hashable:
-        return (item.prompt, item.max_new_tokens, item.num_beams)
+        # Equal prompts (and one box or none) tokenize to equal lengths, so no row needs padding.
+        return (item.prompt, item.box is None, item.max_new_tokens, item.num_beams)
 
     def predict(self, items: list[Kosmos2Item]) -> list[dict[str, Any]]:
         first = items[0]
+        boxes = None if first.box is None else [[item.box] for item in items]
         inputs = self.processor(
-            text=[item.prompt for item in items], images=[item.image for item in items], return_tensors="pt"
+            text=[item.prompt for item in items],
+            images=[item.image for item in items],
+            bboxes=boxes,
+            return_tensors="pt",
         )
         inputs = self.to_device(inputs)
         generated = self.model.generate(
@@ -68,13 +86,14 @@ class Kosmos2(VisionModel):
         results = []
         for item, sequence in zip(items, generated.tolist()):
             produced = [t for t in sequence[prompt_tokens:] if t != pad]
+            # Decode the whole sequence: the processor keeps what follows `</image>`, prompt included.
             raw = self.processor.decode(sequence, skip_special_tokens=True)
-            caption, entities = self.processor.post_process_generation(raw)
+            text, structured = parse_answer(self.processor, raw, item.task, item.image.size)
             results.append(
                 {
-                    "task": "grounded-caption",
-                    "text": caption,
-                    "results": {"caption": caption, "entities": [_entity(e, item.image.size) for e in entities]},
+                    "task": item.task,
+                    "text": text,
+                    "results": structured,
                     "finish_reason": "length" if len(produced) >= first.max_new_tokens else "stop",
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(produced)},
                 }
@@ -82,15 +101,51 @@ class Kosmos2(VisionModel):
         return results
 
 
-def _entity(entity: tuple, size: tuple[int, int]) -> dict[str, Any]:
-    """One (phrase, (start, end), [normalised boxes]) entity with its boxes also in pixels."""
-    phrase, (start, end), boxes = entity
+def build_prompt(task: str, text: str, region: dict[str, float] | None, size: tuple[int, int]) -> tuple[str, Box | None]:
+    """The Kosmos-2 prompt of a task, and the normalised box it refers to (if any)."""
+    if task == "grounded-caption":
+        if not text:
+            return DEFAULT_CAPTION_PROMPT, None
+        return (text if text.startswith("<grounding>") else f"<grounding>{text}"), None
+    if task == "phrase-grounding":
+        if not text:
+            raise bad_request("phrase-grounding needs a phrase in text_input", param="text_input")
+        return f"<grounding><phrase> {text}</phrase>", None
+    if task == "grounded-vqa":
+        if not text:
+            raise bad_request("grounded-vqa needs a question in text_input", param="text_input")
+        return f"<grounding> Question: {text} {VQA_ANSWER}", None
+    if region is None:
+        raise bad_request("referring-expression-generation needs a region", param="region")
+    return "<grounding><phrase> It</phrase> is", normalised_box(region, size)
+
+
+def normalised_box(region: dict[str, float], size: tuple[int, int]) -> Box:
+    """A pixel region {x1, y1, x2, y2} as Kosmos-2's normalised box, checked against the image."""
+    x1, y1, x2, y2 = checked_region(region, size)
+    width, height = size
+    return (x1 / width, y1 / height, x2 / width, y2 / height)
+
+
+def parse_answer(processor: Any, raw: str, task: str, size: tuple[int, int]) -> tuple[str, dict[str, Any]]:
+    """Decoded Kosmos-2 output -> (answer text, {text, entities}) with entity boxes in pixels too."""
+    cleaned, entities = processor.post_process_generation(raw)
+    answer = cleaned
+    if task == "grounded-vqa" and VQA_ANSWER in cleaned:
+        answer = cleaned.split(VQA_ANSWER, 1)[1].strip()
+    return answer, {"text": cleaned, "answer": answer, "entities": [entity(e, size) for e in entities]}
+
+
+def entity(raw: tuple, size: tuple[int, int]) -> dict[str, Any]:
+    """One (phrase, (start, end), [normalised boxes]) entity, with its boxes also in pixels."""
+    phrase, (start, end), boxes = raw
     width, height = size
     return {
         "phrase": phrase,
         "span": [start, end],
         "boxes": [{"x1": x1, "y1": y1, "x2": x2, "y2": y2} for x1, y1, x2, y2 in boxes],
         "bboxes": [
-            {"x": x1 * width, "y": y1 * height, "w": (x2 - x1) * width, "h": (y2 - y1) * height} for x1, y1, x2, y2 in boxes
+            {"x": x1 * width, "y": y1 * height, "w": (x2 - x1) * width, "h": (y2 - y1) * height, "label": phrase}
+            for x1, y1, x2, y2 in boxes
         ],
     }

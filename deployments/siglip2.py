@@ -53,6 +53,13 @@ class ClassifyItem:
     tokens: int = field(default=0)
 
 
+@dataclass
+class ScoreItem:
+    images: list[Image.Image]
+    texts: list[str]
+    max_num_patches: int
+
+
 class Siglip2(VisionModel):
     """SigLIP2 naflex through the native `Siglip2Model`."""
 
@@ -97,6 +104,15 @@ class Siglip2(VisionModel):
         item = ClassifyItem(self.image(image), list(labels), prompts, self._patches(max_num_patches))
         return await self.submit(item)
 
+    async def score(
+        self, images: list[Image.Image | bytes], texts: list[str], max_num_patches: int | None = None
+    ) -> dict[str, Any]:
+        """Sigmoid image-text match probabilities: one row per image, one column per text."""
+        if not images or not texts or any(not isinstance(t, str) or not t for t in texts):
+            raise bad_request("scoring needs at least one image and one non-empty text", param="texts")
+        pictures = [self.image(image, f"images[{i}]") for i, image in enumerate(images)]
+        return await self.submit(ScoreItem(pictures, list(texts), self._patches(max_num_patches)))
+
     def _patches(self, requested: int | None) -> int:
         if requested is None:
             return self.options.max_num_patches
@@ -117,24 +133,49 @@ class Siglip2(VisionModel):
             images = [image for item in items for image in item.images]
             vectors = self._image_features(images, items[0].max_num_patches)
             return _split(vectors, [len(item.images) for item in items], [0] * len(images), images=True)
+        if isinstance(items[0], ScoreItem):
+            return self._score(items)
         return self._classify(items)
+
+    def _probabilities(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """SigLIP's sigmoid match probability for every (image, text) pair."""
+        logits = images @ texts.T * self.model.logit_scale.float().exp() + self.model.logit_bias.float()
+        return torch.sigmoid(logits)
+
+    def _text_rows(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, int], list[int]]:
+        unique = list(dict.fromkeys(texts))
+        vectors, tokens = self._text_features(unique)
+        return vectors, {text: i for i, text in enumerate(unique)}, tokens
+
+    def _score(self, items: list[ScoreItem]) -> list[dict[str, Any]]:
+        image_vectors = self._image_features([i for item in items for i in item.images], items[0].max_num_patches)
+        text_vectors, row, tokens = self._text_rows([t for item in items for t in item.texts])
+        results, start = [], 0
+        for item in items:
+            images = image_vectors[start : start + len(item.images)]
+            start += len(item.images)
+            columns = [row[t] for t in item.texts]
+            results.append(
+                {
+                    "scores": self._probabilities(images, text_vectors[columns]).tolist(),
+                    "tokens": sum(tokens[c] for c in columns),
+                    "images": len(item.images),
+                }
+            )
+        return results
 
     def _classify(self, items: list[ClassifyItem]) -> list[dict[str, Any]]:
         image_vectors = self._image_features([item.image for item in items], items[0].max_num_patches)
-        prompts = list(dict.fromkeys(p for item in items for p in item.prompts))
-        text_vectors, tokens = self._text_features(prompts)
-        row = {prompt: i for i, prompt in enumerate(prompts)}
-        scale = self.model.logit_scale.float().exp()
-        bias = self.model.logit_bias.float()
+        text_vectors, row, tokens = self._text_rows([p for item in items for p in item.prompts])
         results = []
         for image_vector, item in zip(image_vectors, items):
-            texts = text_vectors[[row[p] for p in item.prompts]]
-            probabilities = torch.sigmoid(texts @ image_vector * scale + bias).tolist()
+            columns = [row[p] for p in item.prompts]
+            probabilities = self._probabilities(image_vector[None], text_vectors[columns])[0].tolist()
             ranked = sorted(zip(item.labels, probabilities), key=lambda pair: -pair[1])
             results.append(
                 {
                     "labels": [{"label": label, "score": score} for label, score in ranked],
-                    "tokens": sum(tokens[row[p]] for p in item.prompts),
+                    "tokens": sum(tokens[c] for c in columns),
                 }
             )
         return results

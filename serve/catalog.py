@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Endpoint = Literal["chat", "embeddings", "classifications"]
+Endpoint = Literal["chat", "embeddings", "classifications", "scores"]
 TaskInput = Literal["none", "text", "region", "optional_text"]
 
 
@@ -39,12 +39,16 @@ FLORENCE2_TASKS = (
 
 KOSMOS2_TASKS = (
     Task("grounded-caption", "<grounding>", "optional_text"),
+    Task("phrase-grounding", "<grounding><phrase>", "text"),
+    Task("referring-expression-generation", "<grounding><phrase> It</phrase>", "region"),
+    Task("grounded-vqa", "<grounding> Question:", "text"),
 )
 
 SIGLIP2_TASKS = (
     Task("image-embedding", "", "none", endpoint="embeddings"),
     Task("text-embedding", "", "text", endpoint="embeddings"),
     Task("zero-shot-classification", "", "text", endpoint="classifications"),
+    Task("image-text-scoring", "", "text", endpoint="scores"),
 )
 
 BLIP_TASKS = (
@@ -57,6 +61,14 @@ FAMILY_TASKS: dict[str, tuple[Task, ...]] = {
     "kosmos2": KOSMOS2_TASKS,
     "siglip2": SIGLIP2_TASKS,
     "blip": BLIP_TASKS,
+}
+
+
+ENDPOINT_PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "embeddings": "/v1/embeddings",
+    "classifications": "/v1/classifications",
+    "scores": "/v1/scores",
 }
 
 

@@ -17,7 +17,8 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.catalog import endpoints_of
+from serve.annotate import annotate
+from serve.catalog import ENDPOINT_PATHS, FAMILY_TASKS, Task, endpoints_of, find_task
 from serve.chat_tasks import CHAT_TASKS
 from serve.config import GatewayConfig, ModelSpec, slug
 from serve.demand import DemandStore
@@ -38,10 +39,15 @@ from serve.protocol import (
     LabelScore,
     ModelCard,
     ModelList,
+    ScoreRequest,
+    ScoreResponse,
     Usage,
     VisionResult,
+    VisionTaskRequest,
+    VisionTaskResponse,
     chat_prompt,
     chat_stream,
+    checked_region,
     encode_vector,
 )
 
@@ -143,13 +149,27 @@ class Gateway:
         if spec is None:
             raise model_not_found(model_id)
         if endpoint not in endpoints_of(spec.family):
-            served = ", ".join(f"/v1/{e.replace('chat', 'chat/completions')}" for e in sorted(endpoints_of(spec.family)))
+            served = ", ".join(ENDPOINT_PATHS[e] for e in sorted(endpoints_of(spec.family)))
             raise bad_request(
-                f"The model '{spec.id}' does not support /v1/{endpoint.replace('chat', 'chat/completions')}; it serves {served}",
+                f"The model '{spec.id}' does not support {ENDPOINT_PATHS[endpoint]}; it serves {served}",
                 param="model",
                 code="unsupported_endpoint",
             )
         return spec
+
+    def task(self, model_name: str, task_name: str) -> tuple[ModelSpec, Task]:
+        """The model and task a task endpoint `/v1/vision/{model_name}/{task_name}` names."""
+        spec = self.by_slug.get(model_name) or self.specs.get(model_name)
+        if spec is None:
+            raise model_not_found(model_name)
+        task = find_task(spec.family, task_name)
+        if task is None or task.endpoint != "chat":
+            tasks = ", ".join(t.name for t in FAMILY_TASKS[spec.family] if t.endpoint == "chat")
+            message = f"The model '{spec.id}' has no task '{task_name}'"
+            if not tasks:
+                raise APIError(404, f"{message}; use {', '.join(ENDPOINT_PATHS[e] for e in sorted(endpoints_of(spec.family)))}", param="task", code="task_not_found")
+            raise APIError(404, f"{message}; its tasks are: {tasks}", param="task", code="task_not_found")
+        return spec, task
 
     async def call(self, spec: ModelSpec, method: str, **kwargs: Any) -> tuple[Any, bool]:
         """Call a model deployment, waiting through a cold start if it has no replica; (result, was_cold)."""
@@ -312,3 +332,49 @@ class Gateway:
             usage=Usage(prompt_tokens=result["tokens"], total_tokens=result["tokens"], images=1),
         )
         return JSONResponse(body.model_dump(), headers={"x-cold-start": "true"} if cold else {})
+
+    @app.post("/v1/scores", response_model=ScoreResponse)
+    async def scores(self, request: ScoreRequest):
+        spec = self.model(request.model, "scores")
+        if len(request.images) > self.config.max_images_per_request:
+            raise bad_request(f"at most {self.config.max_images_per_request} images per request", param="images")
+        if len(request.texts) > self.config.max_labels:
+            raise bad_request(f"at most {self.config.max_labels} texts per request", param="texts")
+        images = await asyncio.gather(*(self.image(url, f"images[{i}]") for i, url in enumerate(request.images)))
+        result, cold = await self.call(
+            spec, "score", images=list(images), texts=request.texts, max_num_patches=request.max_num_patches
+        )
+        usage = Usage(prompt_tokens=result["tokens"], total_tokens=result["tokens"], images=result["images"])
+        body = ScoreResponse(model=spec.id, data=result["scores"], usage=usage)
+        return JSONResponse(body.model_dump(), headers={"x-cold-start": "true"} if cold else {})
+
+    @app.post("/v1/vision/{model_name}/{task_name}", response_model=VisionTaskResponse)
+    async def vision_task(self, model_name: str, task_name: str, request: VisionTaskRequest):
+        spec, task = self.task(model_name, task_name)
+        text = (request.text_input or "").strip()
+        if task.input == "text" and not text:
+            raise bad_request(f"the task '{task.name}' needs text_input", param="text_input")
+        if task.input == "region" and request.region is None:
+            raise bad_request(f"the task '{task.name}' needs a region {{x1, y1, x2, y2}} in pixels", param="region")
+        if task.input in ("none", "region") and text:
+            raise bad_request(f"the task '{task.name}' takes no text_input", param="text_input")
+        if task.input != "region" and request.region is not None:
+            raise bad_request(f"the task '{task.name}' takes no region", param="region")
+        image = await self.image(request.image_url, "image_url")
+        arguments: dict[str, Any] = {}
+        if request.region is not None:
+            x1, y1, x2, y2 = checked_region(request.region, image.size)
+            arguments["region"] = {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+        result, cold = await self.call(
+            spec,
+            "generate",
+            image=image,
+            task=task.name,
+            text=text or None,
+            max_new_tokens=request.max_tokens,
+            num_beams=request.num_beams,
+            **arguments,
+        )
+        drawn = await asyncio.to_thread(annotate, image, result["results"]) if request.include_image else None
+        body = VisionTaskResponse(results=result["results"], image=drawn)
+        return JSONResponse(body.model_dump(exclude_none=True), headers={"x-cold-start": "true"} if cold else {})

@@ -226,6 +226,64 @@ class ClassificationResponse(BaseModel):
     usage: Usage
 
 
+# ----- image-text scores -----
+
+
+class ScoreRequest(Request):
+    model: str = Field(min_length=1)
+    images: list[str] = Field(min_length=1, description="data: or http(s) image URLs")
+    texts: list[str] = Field(min_length=1)
+    max_num_patches: int | None = Field(None, ge=1)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        if any(not text.strip() for text in texts):
+            raise ValueError("texts must be non-empty strings")
+        return texts
+
+
+class ScoreResponse(BaseModel):
+    object: Literal["scores"] = "scores"
+    model: str
+    data: list[list[float]] = Field(description="sigmoid probabilities: one row per image, one column per text")
+    usage: Usage
+
+
+# ----- task endpoints (fal.ai's Florence-2 shapes) -----
+
+
+class Region(BaseModel):
+    """A rectangle in pixels of the input image, as fal.ai's Florence-2 API takes it."""
+
+    x1: float = Field(ge=0)
+    y1: float = Field(ge=0)
+    x2: float = Field(ge=0)
+    y2: float = Field(ge=0)
+
+
+
+class VisionTaskRequest(Request):
+    image_url: str = Field(min_length=1, description="data: or http(s) image URL")
+    text_input: str | None = Field(None, description="the task's text input, where it takes one")
+    region: Region | None = Field(None, description="the task's region in pixels, where it takes one")
+    include_image: bool = Field(False, description="also return the input annotated with the results")
+    max_tokens: int | None = Field(None, ge=1)
+    num_beams: int | None = Field(None, ge=1)
+
+
+class AnnotatedImage(BaseModel):
+    url: str
+    content_type: Literal["image/png"] = "image/png"
+    width: int
+    height: int
+
+
+class VisionTaskResponse(BaseModel):
+    results: Any
+    image: AnnotatedImage | None = None
+
+
 # ----- models -----
 
 
@@ -288,3 +346,17 @@ def text_pieces(text: str, size: int = 16) -> list[str]:
     words = text.split(" ")
     pieces = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
     return [p if i == 0 else " " + p for i, p in enumerate(pieces)] or [""]
+
+
+def checked_region(region: Region | dict[str, Any], size: tuple[int, int], param: str = "region") -> tuple[float, float, float, float]:
+    """The region's corners, once they are known to lie inside an image of `size` with x1 < x2 and y1 < y2."""
+    try:
+        box = region if isinstance(region, Region) else Region.model_validate(region)
+    except ValueError:
+        raise bad_request("region needs numbers x1, y1, x2, y2 (pixels, not negative)", param=param) from None
+    width, height = size
+    if not (box.x1 < box.x2 <= width and box.y1 < box.y2 <= height):
+        raise bad_request(
+            f"region must satisfy x1 < x2 <= {width} and y1 < y2 <= {height} (the image size in pixels)", param=param
+        )
+    return box.x1, box.y1, box.x2, box.y2

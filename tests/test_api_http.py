@@ -42,7 +42,7 @@ def test_models_list_at_start(gateway):
 def test_model_card_and_openapi(client):
     card = client.get(f"/v1/models/{SIGLIP}").json()
     assert card["id"] == SIGLIP and card["object"] == "model" and card["owned_by"] == "google"
-    assert card["endpoints"] == ["classifications", "embeddings"]
+    assert card["endpoints"] == ["classifications", "embeddings", "scores"]
     assert_error(client.get("/v1/models/acme/nope"), 404, "model")
     spec = client.get("/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/embeddings" in spec["paths"]
@@ -118,12 +118,13 @@ def test_kosmos_grounded_caption_wakes_from_zero(client, image_url):
     response = client.post("/v1/chat/completions", json=chat(KOSMOS, "<grounding>An image of", image_url))
     assert response.status_code == 200, response.text
     results = response.json()["vision"]["results"]
-    assert set(results) == {"caption", "entities"}
-    assert results["caption"] == response.json()["choices"][0]["message"]["content"]
+    assert set(results) == {"text", "answer", "entities"}
+    assert results["text"] == response.json()["choices"][0]["message"]["content"]
+    assert results["text"].startswith("An image of")
     for entity in results["entities"]:
         assert set(entity) == {"phrase", "span", "boxes", "bboxes"}
         start, end = entity["span"]
-        assert results["caption"][start:end] == entity["phrase"]
+        assert results["text"][start:end] == entity["phrase"]
         for box in entity["boxes"]:
             assert 0 <= box["x1"] <= box["x2"] <= 1
     assert client.get(f"/v1/models/{KOSMOS}").json()["replicas"] >= 1
