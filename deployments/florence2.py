@@ -126,7 +126,12 @@ def region_tokens(region: dict[str, float], size: tuple[int, int]) -> str:
 
 def parse_answer(processor: Any, raw: str, task_prompt: str, size: tuple[int, int]) -> Any:
     """Decoded Florence-2 output -> the task's result in fal.ai's shapes, in pixels of the input image."""
-    return to_fal(processor.post_process_generation(raw, task=task_prompt, image_size=size)[task_prompt])
+    result = to_fal(processor.post_process_generation(raw, task=task_prompt, image_size=size)[task_prompt])
+    if isinstance(result, str):
+        for token in processor.tokenizer.all_special_tokens:
+            result = result.replace(token, "")
+        result = result.strip()
+    return result
 
 
 def to_fal(parsed: Any) -> Any:

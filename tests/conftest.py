@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 
+from tests.elastic_config import apply_elastic_overrides
 from tests.helpers import ROOT, data_url, local_args, png_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray then binds its processes to 127.0.0.1, not to the machine's network address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 APP_NAME = "gigarouter"
 
@@ -62,6 +65,7 @@ def gateway(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Gate
     args = local_args()
     args["checkpoint_dir"] = str(checkpoints)
     args["gateway"]["demand_db"] = str(tmp_path_factory.mktemp("state") / "demand.sqlite3")
+    apply_elastic_overrides(args)  # short scale-to-zero delays, one unplaceable entry (tests/test_elastic.py)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     listing = httpx.get(f"{url}/v1/models", timeout=30).json()

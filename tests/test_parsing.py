@@ -115,3 +115,10 @@ def test_kosmos_vqa_answer(kosmos_processor):
 
     text, result = parse_answer(kosmos_processor, "Question: What is it? Answer: a dog", "grounded-vqa", (10, 10))
     assert text == "a dog" and result["text"] == "Question: What is it? Answer: a dog"
+
+
+def test_florence_text_answers_hold_no_special_tokens(florence_processor):
+    from deployments.florence2 import parse_answer
+
+    raw = "</s><s>a red<image><pad> square<loc_5></s>"
+    assert parse_answer(florence_processor, raw, "<CAPTION>", (10, 10)) == "a red square"
