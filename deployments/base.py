@@ -18,19 +18,28 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 from ray import serve
-from serve.images import ImageLimits, decode_image
 
+from deployments.batching import CONCURRENT_BATCHES, Coalescer
+from deployments.metrics import ModelMetrics
 from serve.config import BatchConfig, ModelSpec
 from serve.errors import APIError, bad_request
+from serve.images import ImageLimits, decode_image
 
 logger = logging.getLogger("gigarouter.model")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class _Queued:
+    item: Any
+    arrived: float
 
 
 class VisionModel:
@@ -50,6 +59,10 @@ class VisionModel:
         self.load_seconds = time.perf_counter() - started
         self.batches_run = 0
         self.items_run = 0
+        self.metrics = ModelMetrics(self.spec.id)
+        self.metrics.replica_starts.inc()
+        self.metrics.load.observe(self.load_seconds)
+        self._coalescer = Coalescer(self._run_model, BatchConfig().max_batch_size)
         logger.info(
             "loaded %s (%s) from %s on %s/%s in %.2fs",
             self.spec.id, self.family, self.source, self.device, self.dtype, self.load_seconds,
@@ -76,17 +89,26 @@ class VisionModel:
         config = BatchConfig.model_validate(user_config or {})
         self._run_batch.set_max_batch_size(config.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._coalescer.max_items = config.max_batch_size
         logger.info("%s batching: %s", self.spec.id, config.model_dump())
 
     async def submit(self, item: Any) -> Any:
         """Queue one validated item for the next batch and wait for its result."""
-        result = await self._run_batch(item)
+        result = await self._run_batch(_Queued(item, time.perf_counter()))
         if isinstance(result, BaseException):
             raise result
         return result
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _run_batch(self, items: list[Any]) -> list[Any]:
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=CONCURRENT_BATCHES)
+    async def _run_batch(self, queued: list[_Queued]) -> list[Any]:
+        return await self._coalescer.run(queued)
+
+    async def _run_model(self, queued: list[_Queued]) -> list[Any]:
+        """One model run: group the items, run each group off the event loop, one result per item."""
+        started = time.perf_counter()
+        for entry in queued:
+            self.metrics.queue_wait.observe(started - entry.arrived)
+        items = [entry.item for entry in queued]
         groups: dict[Hashable, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
             groups[self.group_key(item)].append(index)
@@ -104,6 +126,12 @@ class VisionModel:
                 results[i] = output
         self.batches_run += 1
         self.items_run += len(items)
+        self.metrics.batch_size.observe(len(items))
+        self.metrics.requests.inc(len(items))
+        images = sum(_image_count(item) for item in items)
+        if images:  # Serve counters refuse increments of 0
+            self.metrics.images.inc(images)
+        self.metrics.inference.observe(time.perf_counter() - started)
         return results
 
     def _predict_group(self, group: list[Any]) -> list[Any]:
@@ -175,3 +203,9 @@ class VisionModel:
         threads = min(threads, os.cpu_count() or threads)
         torch.set_num_threads(threads)
 
+
+def _image_count(item: Any) -> int:
+    """Images an item carries: family items hold either `image` or `images`."""
+    if hasattr(item, "images"):
+        return len(item.images)
+    return 1 if hasattr(item, "image") else 0

@@ -200,3 +200,15 @@ def test_every_operation_over_ray_handles(gateway, client, image_url):
     assert np.array(scores).shape == (2, 1)
     http_embedding = client.post("/v1/embeddings", json={"model": SIGLIP, "input": [image_url]}).json()
     assert np.allclose(http_embedding["data"][0]["embedding"], images[0], atol=1e-5)
+
+
+def test_concurrent_requests_share_model_runs(client, image_url):
+    florence = serve.get_deployment_handle("florence-2-large", app_name="gigarouter")
+    before = florence.stats.remote().result(timeout_s=30)
+    body = {"image_url": image_url}
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: client.post("/v1/vision/florence-2-large/caption", json=body).status_code, range(16)))
+    assert statuses == [200] * 16
+    after = florence.stats.remote().result(timeout_s=30)
+    items, runs = after["items"] - before["items"], after["batches"] - before["batches"]
+    assert items == 16 and runs < items  # some requests ran together in one forward pass
