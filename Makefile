@@ -1,4 +1,4 @@
-# gigarouter-serve: `make run` serves on 127.0.0.1:8000, `make test` runs the suite.
+# gigarouter-serve: `make run` serves on 127.0.0.1:8000, `make test` runs the suite, `make bench` benchmarks.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,14 +16,14 @@ export RAY_USAGE_STATS_ENABLED := 0
 # Keep a local Ray on 127.0.0.1 instead of the machine's network address.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install checkpoints run test bench clean
+.PHONY: install checkpoints run test bench soak clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(FIND_LINKS) "$(TORCH_PIN)"
-	$(PIP) install -q $(FIND_LINKS) -e ".[test]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[test,bench]"
 	touch $@
 
 checkpoints: install
@@ -34,6 +34,15 @@ run: checkpoints
 
 test: checkpoints
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The benchmark (benchmarks/run.py): ~13 min on 2 cores; writes benchmarks/results/latest.{json,md,png}.
+bench: install
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# A bounded soak (soak/run.py): 32 clients, mixed models and endpoints, 3 min against its own
+# gateway on 127.0.0.1; counts by status, unexpected errors (exit 1 if any), replica RSS over time.
+soak: checkpoints
+	$(PY) -m soak.run $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) checkpoints .pytest_cache

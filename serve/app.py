@@ -23,7 +23,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     handles = {}
     for spec in args.models:
         source = args.resolve_source(spec.source)
-        model = serve.deployment(FAMILIES[spec.family]).options(**spec.serve_options())
+        model = serve.deployment(FAMILIES[spec.family]).options(**spec.serve_options(demand_db=gateway.demand_db))
         handles[spec.id] = model.bind(spec.model_dump(), source)
         logger.info("model %s (%s) from %s as deployment %s", spec.id, spec.family, source, spec.deployment_name)
     return Gateway.options(**gateway.serve_options()).bind(

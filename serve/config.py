@@ -8,8 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve.auth import AuthConfig
 from serve.catalog import FAMILY_TASKS
 from serve.images import ImageLimits
+from serve.limits import RateLimitConfig
 
 Family = Literal["florence2", "kosmos2", "siglip2", "blip"]
 Status = Literal["live", "coming_soon"]
@@ -23,7 +25,7 @@ class BatchConfig(Strict):
     """Live-tunable batching, delivered to replicas as Serve's `user_config`."""
 
     max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=5, description="extra wait for a batch to fill; 0 batches what queued while the model ran")
 
 
 class GenerationConfig(Strict):
@@ -43,6 +45,9 @@ class GenerationConfig(Strict):
         return self
 
 
+# The custom autoscaling policy of `demand_policy` (kept as a path: serve.autoscaling imports Ray).
+DEMAND_POLICY_PATH = "serve.autoscaling:DemandAwarePolicy"
+
 # Fast wake-up from zero: the router pushes its queue metrics every second and the controller
 # scales up at once (FACTS.md: ~1.1 s instead of ~10 s with Serve's defaults).
 SCALE_TO_ZERO_DEFAULTS: dict[str, Any] = {
@@ -57,6 +62,32 @@ SCALE_TO_ZERO_DEFAULTS: dict[str, Any] = {
 }
 
 
+class DemandPolicy(Strict):
+    """Opt-in demand-aware autoscaling (`serve.autoscaling.DemandAwarePolicy`) for an autoscaled model.
+
+    Interest signals are `POST /v1/models/{id}/interest` calls counted in `gateway.demand_db`.
+    """
+
+    interest_window_s: float = Field(3600.0, gt=0, description="interest older than this does not count")
+    prewarm_interest: int | None = Field(
+        None, ge=1, description="wake a model at zero replicas when this much interest arrived within the window"
+    )
+    keep_warm_interest: int | None = Field(
+        None, ge=1, description="keep one replica of a running model while this much interest is within the window"
+    )
+    refresh_s: float = Field(10.0, ge=0, description="how often the controller re-reads the demand counts")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> DemandPolicy:
+        if (
+            self.prewarm_interest is not None
+            and self.keep_warm_interest is not None
+            and self.keep_warm_interest > self.prewarm_interest
+        ):
+            raise ValueError("demand_policy.keep_warm_interest must not exceed demand_policy.prewarm_interest")
+        return self
+
+
 class DeploymentConfig(Strict):
     """The Serve options of one model's deployment."""
 
@@ -64,10 +95,21 @@ class DeploymentConfig(Strict):
     num_replicas: int | None = Field(None, ge=0)
     autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: int = Field(16, ge=1)
-    max_queued_requests: int = -1
+    max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="requests the ingress's handle may hold waiting for a replica slot (-1: no bound); past it"
+        " the gateway answers 503 with Retry-After. Requests that arrive while the model has no replica (a"
+        " cold start: all of them wait in this queue) are not shed: the ingress sends a rejected one again"
+        " until it gets a place or its cold-start timeout passes. The bound is per calling ingress replica"
+        " (each has its own router).",
+    )
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     health_check_period_s: float | None = None
     graceful_shutdown_timeout_s: float | None = None
+    max_constructor_retry_count: int | None = Field(
+        None, ge=1, description="failed replica starts (e.g. weights that do not load) before the deployment is failed"
+    )
 
 
 class ModelSpec(Strict):
@@ -89,6 +131,10 @@ class ModelSpec(Strict):
     batching: BatchConfig = Field(default_factory=BatchConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific settings")
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    cold_start_timeout_s: float | None = Field(
+        None, gt=0, description="how long a request may wait for this model to start (default: the gateway's)"
+    )
+    demand_policy: DemandPolicy | None = Field(None, description="demand-aware autoscaling (opt-in)")
 
     @property
     def deployment_name(self) -> str:
@@ -110,6 +156,13 @@ class ModelSpec(Strict):
             raise ValueError(f"model {self.id}: set num_replicas or autoscaling_config, not both")
         if self.status == "live" and self.min_replicas < 1:
             raise ValueError(f"model {self.id}: a live model needs at least one replica")
+        if self.demand_policy is not None:
+            if dep.num_replicas is not None or (self.status == "live" and dep.autoscaling_config is None):
+                raise ValueError(
+                    f"model {self.id}: demand_policy needs an autoscaled deployment, not a fixed num_replicas"
+                )
+            if "policy" in (dep.autoscaling_config or {}):
+                raise ValueError(f"model {self.id}: set demand_policy or autoscaling_config.policy, not both")
         return self
 
     @property
@@ -120,8 +173,8 @@ class ModelSpec(Strict):
             return int(self.deployment.autoscaling_config.get("min_replicas", 1))
         return 0 if self.status == "coming_soon" else 1
 
-    def serve_options(self, source: str | None = None) -> dict[str, Any]:
-        """The keyword arguments of `Deployment.options` for this model."""
+    def serve_options(self, source: str | None = None, demand_db: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of `Deployment.options` for this model (`demand_db`: for `demand_policy`)."""
         dep = self.deployment
         options: dict[str, Any] = {
             "name": self.deployment_name,
@@ -135,10 +188,15 @@ class ModelSpec(Strict):
         elif self.status == "coming_soon":
             options["autoscaling_config"] = {**SCALE_TO_ZERO_DEFAULTS, **(dep.autoscaling_config or {})}
         elif dep.autoscaling_config is not None:
-            options["autoscaling_config"] = dep.autoscaling_config
+            options["autoscaling_config"] = dict(dep.autoscaling_config)
         else:
             options["num_replicas"] = 1
-        for key in ("health_check_period_s", "graceful_shutdown_timeout_s"):
+        if self.demand_policy is not None:
+            options["autoscaling_config"]["policy"] = {
+                "policy_function": DEMAND_POLICY_PATH,
+                "policy_kwargs": {"model_id": self.id, "demand_db": demand_db, **self.demand_policy.model_dump()},
+            }
+        for key in ("health_check_period_s", "graceful_shutdown_timeout_s", "max_constructor_retry_count"):
             if getattr(dep, key) is not None:
                 options[key] = getattr(dep, key)
         return options
@@ -154,10 +212,23 @@ class GatewayConfig(Strict):
     max_inputs_per_request: int = Field(256, ge=1)
     max_labels: int = Field(256, ge=1)
     images: ImageLimits = Field(default_factory=ImageLimits)
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="request bodies larger than this are refused with 413 (fits one max-size image as base64)",
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     demand_db: str = Field("data/demand.sqlite3", description="SQLite file of demand signals (shared storage on a cluster)")
     num_replicas: int = Field(1, ge=1, description="ingress replicas")
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
     max_ongoing_requests: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _rate_limit_key(self) -> GatewayConfig:
+        if self.rate_limit.enabled and self.rate_limit.key == "api_key" and not self.auth.enabled:
+            raise ValueError("gateway.rate_limit.key is api_key but gateway.auth is off: turn auth on or use client_ip")
+        return self
 
     def serve_options(self) -> dict[str, Any]:
         """The keyword arguments of `Deployment.options` for the ingress."""

@@ -74,3 +74,27 @@ def find_api_error(error: BaseException) -> APIError | None:
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__
     return None
+
+
+def model_unavailable(model: str, reason: str | None = None, retry_after_s: int = 10) -> APIError:
+    """503: the model cannot serve now (its deployment failed, or its replica died)."""
+    why = f": {reason.rstrip('.')}" if reason else ""
+    return APIError(
+        503,
+        f"The model '{model}' is unavailable{why}. Try again later.",
+        type="unavailable_error",
+        code="model_unavailable",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def short_reason(message: str | None, limit: int = 300) -> str | None:
+    """The gist of a Serve status message, safe to show a client: its first sentence and, when a
+    traceback follows, the exception on its last line; no stack frames, pids or actor ids."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    gist = lines[0].split(". ")[0].rstrip(".")
+    if len(lines) > 1:
+        gist = f"{gist}: {lines[-1]}"
+    return gist if len(gist) <= limit else gist[: limit - 3] + "..."

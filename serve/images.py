@@ -56,6 +56,9 @@ class ImageLimits(BaseModel):
     fetch_total_timeout_s: float = Field(10.0, gt=0)
     max_redirects: int = Field(3, ge=0)
     allow_hosts: list[AllowEntry] = Field(default_factory=list)
+    allow_http: bool = Field(
+        True, description="fetch http(s) image URLs at all; false: data: URLs only, nothing is resolved or fetched"
+    )
 
     def host_policy(self) -> HostPolicy:
         """The address policy for fetches under these limits."""
@@ -70,6 +73,12 @@ async def load_image(url: str, limits: ImageLimits, param: str, *, resolver: Res
     if scheme == "data":
         data = parse_data_url(url, limits, param)
     elif scheme in ("http", "https"):
+        if not limits.allow_http:
+            raise bad_request(
+                "This gateway does not fetch image URLs: send the image as a data:image/<type>;base64,... URL.",
+                param,
+                "image_url_forbidden",
+            )
         data = await fetch_image_bytes(url, limits, param, resolver=resolver)
     else:
         raise bad_request(

@@ -5,6 +5,7 @@
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -13,7 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,8 +24,17 @@ from serve.catalog import ENDPOINT_PATHS, FAMILY_TASKS, Task, endpoints_of, find
 from serve.chat_tasks import CHAT_TASKS
 from serve.config import GatewayConfig, ModelSpec, slug
 from serve.demand import DemandStore
-from serve.errors import APIError, bad_request, error_body, find_api_error, model_not_found
+from serve.errors import (
+    APIError,
+    bad_request,
+    error_body,
+    find_api_error,
+    model_not_found,
+    model_unavailable,
+    short_reason,
+)
 from serve.images import load_image
+from serve.limits import Guard, GuardMiddleware
 from serve.protocol import (
     ChatChoice,
     ChatCompletion,
@@ -50,6 +61,7 @@ from serve.protocol import (
     checked_region,
     encode_vector,
 )
+from serve.validation import validation_error
 
 logger = logging.getLogger("gigarouter.ingress")
 
@@ -71,11 +83,7 @@ async def _api_error(request: Request, error: APIError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    return error_response(bad_request(message, param=param))
+    return error_response(validation_error(error.errors(), getattr(error, "body", None)))
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -92,6 +100,22 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+# While a request waits for a model: how often its state is re-read, and the pause before a
+# request the full queue rejected during a cold start is sent again.
+STATE_POLL_S = 1.0
+COLD_QUEUE_RETRY_S = 0.5
+
+
+def _replica_guard() -> Guard | None:
+    # Serve copies `app` when the class below is decorated, so the middleware cannot be handed the
+    # Gateway's settings directly: it looks up the replica's Gateway on each request instead.
+    return getattr(serve.get_replica_context().servable_object, "guard", None)
+
+
+# Auth, rate limit and body cap run before routing and body parsing (serve/limits.py).
+app.add_middleware(GuardMiddleware, guard=_replica_guard)
+
+
 class ModelStates:
     """Replica counts and states of the model deployments, read from Serve's status without waking any."""
 
@@ -100,25 +124,55 @@ class ModelStates:
         self._read_at = 0.0
         self._deployments: dict[str, Any] = {}
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task | None = None
 
     async def get(self, deployment: str) -> tuple[int, str]:
-        """(running replicas, state) of a deployment: state is cold, starting, ready or unavailable."""
-        await self._refresh()
+        """(running replicas, state) of a deployment: state is cold, starting, pending, ready or unavailable."""
+        running, state, _ = await self.describe(deployment)
+        return running, state
+
+    async def describe(self, deployment: str, fresh: bool = True) -> tuple[int, str, str | None]:
+        """(running replicas, state, reason): the reason is Serve's status message while the model is not ready.
+
+        `fresh=False` accepts a read up to one refresh older than `cache_s`, never waiting for Serve.
+        """
+        await self._refresh(wait=fresh)
         overview = self._deployments.get(deployment)
         if overview is None:
-            return 0, "starting"
+            return 0, "starting", "the deployment is being created"
         counts = {getattr(k, "value", str(k)): n for k, n in overview.replica_states.items()}
         running = counts.get("RUNNING", 0)
         if running:
-            return running, "ready"
+            return running, "ready", None
         status = getattr(overview.status, "value", str(overview.status))
+        message = (overview.message or "").strip() or None
         if status in ("UNHEALTHY", "DEPLOY_FAILED"):
-            return 0, "unavailable"
+            # Serve's message carries the replica's traceback: clients get its gist only.
+            return 0, "unavailable", short_reason(message) or f"deployment status {status}"
         if any(counts.get(s, 0) for s in ("STARTING", "PENDING_MIGRATION", "RECOVERING")):
-            return 0, "starting"
-        return 0, "cold"
+            # Serve says so once a replica has waited past RAY_SERVE_SLOW_STARTUP_WARNING_S (30 s)
+            # for a node with the resources it asks for (e.g. a GPU fraction no node has free).
+            if message and "to be scheduled" in message:
+                return 0, "pending", message
+            return 0, "starting", message
+        return 0, "cold", None
 
-    async def _refresh(self) -> None:
+    def invalidate(self) -> None:
+        """Make the next read fresh, e.g. once a cold model has answered (its replica is up now)."""
+        self._read_at = 0.0
+
+    async def _refresh(self, wait: bool = True) -> None:
+        if time.monotonic() - self._read_at < self.cache_s:
+            return
+        if not wait and self._read_at:
+            # On the request path a read that is a little old will do: refresh in the background
+            # instead of making this request wait for Serve's status (tens of ms).
+            if self._background is None or self._background.done():
+                self._background = asyncio.get_running_loop().create_task(self._read())
+            return
+        await self._read()
+
+    async def _read(self) -> None:
         async with self._lock:
             if time.monotonic() - self._read_at < self.cache_s:
                 return
@@ -140,6 +194,7 @@ class Gateway:
         self.by_slug = {spec.deployment_name: spec for spec in self.specs.values()}
         self.handles = handles
         self.states = ModelStates(self.config.status_cache_s)
+        self.guard = Guard.from_config(self.config.max_body_bytes, self.config.auth, self.config.rate_limit)
         self.demand = DemandStore(self.config.demand_db)
 
     # ----- routing -----
@@ -172,37 +227,98 @@ class Gateway:
         return spec, task
 
     async def call(self, spec: ModelSpec, method: str, **kwargs: Any) -> tuple[Any, bool]:
-        """Call a model deployment, waiting through a cold start if it has no replica; (result, was_cold)."""
-        running, state = await self.states.get(spec.deployment_name)
+        """Call a model deployment, waiting through a cold start if it has no replica; (result, was_cold).
+
+        A model whose deployment failed (or is unhealthy with no running replica) answers 503 at
+        once, and so does a request already waiting when that happens. A full queue
+        (`max_queued_requests`) is 503 with Retry-After, except for a request that arrived while
+        the model had no replica: during a cold start every request waits in that queue for the
+        first replica, so a rejected one is sent again every COLD_QUEUE_RETRY_S until it gets a
+        place or its cold-start timeout passes (504), rather than shed. Such waiters are bounded
+        by the ingress's own `max_ongoing_requests`.
+        """
+        running, state, reason = await self.states.describe(spec.deployment_name, fresh=False)
+        if state == "unavailable":
+            raise model_unavailable(spec.id, reason)
         cold = running == 0
-        timeout = self.config.cold_start_timeout_s if cold else self.config.request_timeout_s
-        response = getattr(self.handles[spec.id], method).remote(**kwargs)
+        cold_timeout = spec.cold_start_timeout_s or self.config.cold_start_timeout_s
+        timeout = cold_timeout if cold else self.config.request_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            response = None
+            try:
+                response = getattr(self.handles[spec.id], method).remote(**kwargs)
+                result = await self.wait(spec, response, deadline)
+                if cold:  # the state polled while waiting says "starting": don't let listings show that
+                    self.states.invalidate()
+                return result, cold
+            except TimeoutError:
+                if response is not None:
+                    response.cancel()
+                what = f"answer within {timeout:g} s"
+                if cold:  # say where the start-up stands now, e.g. pending: no node has the GPU it asks for
+                    _, now = await self.states.get(spec.deployment_name)
+                    what = f"start and answer within {timeout:g} s (it is {now}; GET /v1/models/{spec.id} says why)"
+                raise APIError(
+                    504,
+                    f"The model '{spec.id}' did not {what}. Try again later.",
+                    type="timeout_error",
+                    code="model_timeout",
+                    headers={"Retry-After": "10"},
+                )
+            except BackPressureError as error:
+                if cold and time.monotonic() + COLD_QUEUE_RETRY_S < deadline:
+                    await asyncio.sleep(COLD_QUEUE_RETRY_S)
+                    continue
+                raise APIError(
+                    503,
+                    f"The model '{spec.id}' is overloaded: its queue is full. Try again later.",
+                    type="overloaded_error",
+                    code="model_overloaded",
+                    headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s or 1)))},
+                )
+            except DeploymentUnavailableError:
+                raise model_unavailable(spec.id, "its deployment failed")
+            except (RayActorError, ActorUnavailableError) as error:
+                # The replica died or became unreachable mid-request; Serve replaces it.
+                logger.warning("model %s: replica lost during a request: %s", spec.id, type(error).__name__)
+                raise model_unavailable(spec.id, "its replica stopped while handling the request", retry_after_s=5)
+            except APIError:
+                raise
+            except Exception as error:
+                api_error = find_api_error(error)
+                if api_error is not None:
+                    raise api_error
+                logger.error("model %s failed: %s", spec.id, error)
+                raise APIError(500, f"The model '{spec.id}' failed to process the request.", type="server_error")
+
+    async def wait(self, spec: ModelSpec, response: Any, deadline: float) -> Any:
+        """The response's result by `deadline`, re-reading the model's state meanwhile: 503 if it fails."""
+        task = asyncio.ensure_future(response)
         try:
-            return await asyncio.wait_for(response, timeout), cold
-        except asyncio.TimeoutError:
-            response.cancel()
-            what = "start and answer" if cold else "answer"
-            raise APIError(
-                504,
-                f"The model '{spec.id}' did not {what} within {timeout:g} s ({state}). Try again later.",
-                type="timeout_error",
-                code="model_timeout",
-                headers={"Retry-After": "10"},
-            )
-        except BackPressureError:
-            raise APIError(
-                503,
-                f"The model '{spec.id}' is overloaded. Try again later.",
-                type="overloaded_error",
-                code="model_overloaded",
-                headers={"Retry-After": "1"},
-            )
-        except Exception as error:
-            api_error = find_api_error(error)
-            if api_error is not None:
-                raise api_error
-            logger.error("model %s failed: %s", spec.id, error)
-            raise APIError(500, f"The model '{spec.id}' failed to process the request.", type="server_error")
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=min(remaining, STATE_POLL_S))
+                if task in done:
+                    return task.result()
+                _, state, reason = await self.states.describe(spec.deployment_name)
+                if state == "unavailable":
+                    raise model_unavailable(spec.id, reason)
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def check_generation(
+        self, spec: ModelSpec, max_tokens: int | None, num_beams: int | None, tokens_param: str = "max_tokens"
+    ) -> None:
+        """Refuse generation settings over the model's caps here, before an image is decoded or a model woken."""
+        caps = spec.generation
+        if max_tokens is not None and max_tokens > caps.max_new_tokens_cap:
+            raise bad_request(f"{tokens_param} must be at most {caps.max_new_tokens_cap}", param=tokens_param)
+        if num_beams is not None and num_beams > caps.num_beams_cap:
+            raise bad_request(f"num_beams must be at most {caps.num_beams_cap}", param="num_beams")
 
     async def image(self, url: str, param: str):
         return await load_image(url, self.config.images, param)
@@ -233,7 +349,7 @@ class Gateway:
         return InterestResponse(id=spec.id, demand=await self.demand.arecord(spec.id))
 
     async def card(self, spec: ModelSpec, demand: dict[str, int]) -> ModelCard:
-        replicas, state = await self.states.get(spec.deployment_name)
+        replicas, state, reason = await self.states.describe(spec.deployment_name)
         return ModelCard(
             id=spec.id,
             created=spec.created,
@@ -242,6 +358,7 @@ class Gateway:
             family=spec.family,
             replicas=replicas,
             state=state,
+            state_reason=reason,
             tasks=spec.tasks,
             endpoints=sorted(endpoints_of(spec.family)),
             price_per_1k_images=spec.price_per_1k_images,
@@ -253,6 +370,8 @@ class Gateway:
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
     async def chat_completions(self, request: ChatCompletionRequest):
         spec = self.model(request.model, "chat")
+        tokens_param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        self.check_generation(spec, request.token_limit, request.num_beams, tokens_param)
         prompt = chat_prompt(request)
         task, text = CHAT_TASKS[spec.family](prompt.text, "messages")
         image = await self.image(prompt.image_url, prompt.image_param)
@@ -360,6 +479,7 @@ class Gateway:
             raise bad_request(f"the task '{task.name}' takes no text_input", param="text_input")
         if task.input != "region" and request.region is not None:
             raise bad_request(f"the task '{task.name}' takes no region", param="region")
+        self.check_generation(spec, request.max_tokens, request.num_beams)
         image = await self.image(request.image_url, "image_url")
         arguments: dict[str, Any] = {}
         if request.region is not None:

@@ -295,7 +295,11 @@ class ModelCard(BaseModel):
     status: Literal["live", "coming_soon"]
     family: str
     replicas: int
-    state: str
+    state: str = Field(
+        description="cold (zero replicas), starting, pending (a replica waits for a node with the resources"
+        " it asks for), ready, or unavailable"
+    )
+    state_reason: str | None = Field(None, description="why the model is not ready, from Serve's deployment status")
     tasks: list[str]
     endpoints: list[str]
     price_per_1k_images: float | None

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.elastic_config import apply_elastic_overrides
+from tests.hardening_apps import faults, guarded  # noqa: F401  (session fixtures: extra Serve apps)
 from tests.helpers import ROOT, data_url, local_args, png_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,6 +57,7 @@ def gateway(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Gate
 
     port = _free_port()
     ray.init(
+        address="local",  # always a fresh instance, never a cluster some other process started
         num_cpus=4,
         include_dashboard=False,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},

@@ -70,7 +70,7 @@ def test_other_families_chat_tasks():
 
 def test_catalog_tasks():
     assert len(FAMILY_TASKS["florence2"]) == 15
-    assert endpoints_of("siglip2") == {"embeddings", "classifications"}
+    assert endpoints_of("siglip2") == {"embeddings", "classifications", "scores"}
     assert endpoints_of("blip") == {"chat"}
     assert find_task("florence2", "object-detection") is find_task("florence2", "<OD>")
     assert find_task("blip", "") is None

@@ -1,0 +1,1 @@
+"""The bounded soak run (`make soak`): see soak/run.py."""

@@ -1,0 +1,57 @@
+"""Test-only changes to the session catalog for the elastic-capacity tests (tests/test_elastic.py).
+
+- `microsoft/Florence-2-base` scales back to zero within seconds instead of minutes, so one test can
+  watch a whole 0 -> 1 -> 0 cycle. Other tests that call it only see an extra cold start.
+- `test/unplaceable` is an extra catalog entry whose replica asks for a GPU this machine does not
+  have: its requests must time out cleanly (504) after its own short `cold_start_timeout_s`, and it
+  uses the demand policy, so interest pre-warms it and it is released again when demand is gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.helpers import FLORENCE_BASE
+
+ELASTIC_MODEL = FLORENCE_BASE
+UNPLACEABLE = "test/unplaceable"
+TEST_ONLY_MODELS = frozenset({UNPLACEABLE})
+UNPLACEABLE_TIMEOUT_S = 3
+UNPLACEABLE_PREWARM = 2
+
+FAST_SCALE_TO_ZERO = {
+    "metrics_interval_s": 1,
+    "upscale_delay_s": 0,
+    "look_back_period_s": 2,
+    "downscale_delay_s": 4,
+    "downscale_to_zero_delay_s": 4,
+}
+
+
+def apply_elastic_overrides(args: dict[str, Any]) -> None:
+    """Shorten the elastic model's delays and add the unplaceable entry to the session's `args`."""
+    for model in args["models"]:
+        if model["id"] == ELASTIC_MODEL:
+            scaling = model.setdefault("deployment", {}).setdefault("autoscaling_config", {})
+            scaling.update(FAST_SCALE_TO_ZERO)
+    args["models"].append(
+        {
+            "id": UNPLACEABLE,
+            "source": "blip",
+            "family": "blip",
+            "status": "coming_soon",
+            "owned_by": "test",
+            "cold_start_timeout_s": UNPLACEABLE_TIMEOUT_S,
+            "generation": {"max_new_tokens": 8},
+            "deployment": {
+                "ray_actor_options": {"num_cpus": 0.1, "num_gpus": 1},
+                "autoscaling_config": {"max_replicas": 1, **FAST_SCALE_TO_ZERO},
+            },
+            "demand_policy": {
+                "interest_window_s": 8,
+                "prewarm_interest": UNPLACEABLE_PREWARM,
+                "keep_warm_interest": UNPLACEABLE_PREWARM,
+                "refresh_s": 0.5,
+            },
+        }
+    )

@@ -1,0 +1,117 @@
+"""Elastic capacity on the session's Serve instance: scale to zero and back, bursts from zero,
+clean cold-start timeouts for a model that cannot be placed, and demand-driven pre-warming.
+
+The session catalog is adjusted in tests/elastic_config.py. Every wait is a bounded poll; the
+timings are printed (run with -s to see them) and never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.elastic_config import ELASTIC_MODEL, UNPLACEABLE, UNPLACEABLE_PREWARM, UNPLACEABLE_TIMEOUT_S
+from tests.helpers import FLORENCE_LARGE, assert_error, chat
+
+
+def card(client: httpx.Client, model_id: str) -> dict:
+    response = client.get(f"/v1/models/{model_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(client: httpx.Client, model_id: str, check: Callable[[dict], bool], what: str, limit_s: float) -> dict:
+    """Poll the model card until `check` holds; fail with the last card after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        current = card(client, model_id)
+        if check(current):
+            return current
+        assert time.monotonic() < deadline, f"{model_id} not {what} within {limit_s} s: {current}"
+        time.sleep(0.5)
+
+
+def is_cold(model: dict) -> bool:
+    return model["replicas"] == 0 and model["state"] == "cold"
+
+
+def test_scale_to_zero_and_back(client, image_url):
+    wait_for(client, ELASTIC_MODEL, is_cold, "cold", 60)
+
+    started = time.monotonic()
+    first = client.post("/v1/chat/completions", json=chat(ELASTIC_MODEL, "<CAPTION>", image_url, max_tokens=8))
+    cold_start_s = time.monotonic() - started
+    assert first.status_code == 200, first.text
+    assert first.headers.get("x-cold-start") == "true"
+
+    ready = wait_for(client, ELASTIC_MODEL, lambda m: m["state"] == "ready", "ready", 15)
+    assert ready["replicas"] == 1 and ready["state_reason"] is None
+    warm = client.post("/v1/chat/completions", json=chat(ELASTIC_MODEL, "<CAPTION>", image_url, max_tokens=8))
+    assert warm.status_code == 200, warm.text
+    assert "x-cold-start" not in warm.headers
+
+    idle_from = time.monotonic()
+    cold = wait_for(client, ELASTIC_MODEL, is_cold, "back at zero", 60)
+    assert cold["state_reason"] is None
+    print(
+        f"\n{ELASTIC_MODEL}: cold request {cold_start_s:.1f} s, back to zero {time.monotonic() - idle_from:.1f} s after idle"
+    )
+
+
+def test_burst_from_zero_loses_nothing(client, gateway, image_url):
+    wait_for(client, ELASTIC_MODEL, is_cold, "cold", 60)
+
+    async def burst(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=120) as http:
+            request = chat(ELASTIC_MODEL, "<CAPTION>", image_url, max_tokens=8)
+            return await asyncio.gather(*(http.post("/v1/chat/completions", json=request) for _ in range(n)))
+
+    started = time.monotonic()
+    responses = asyncio.run(burst(8))
+    elapsed = time.monotonic() - started
+    failures = [(r.status_code, r.text[:200]) for r in responses if r.status_code != 200]
+    assert failures == []
+    assert any(r.headers.get("x-cold-start") == "true" for r in responses)
+    texts = {r.json()["choices"][0]["message"]["content"] for r in responses}
+    assert len(texts) == 1  # one image, one prompt, greedy decoding: the same answer for all
+    assert card(client, ELASTIC_MODEL)["replicas"] == 1  # max_replicas: 1
+    print(f"\n{ELASTIC_MODEL}: 8 concurrent requests from zero answered in {elapsed:.1f} s")
+
+
+def test_unplaceable_model_times_out_cleanly(client, image_url):
+    wait_for(client, UNPLACEABLE, is_cold, "cold", 60)
+
+    started = time.monotonic()
+    response = client.post("/v1/chat/completions", json=chat(UNPLACEABLE, "", image_url))
+    waited = time.monotonic() - started
+    error = assert_error(response, 504)
+    assert error["type"] == "timeout_error" and error["code"] == "model_timeout"
+    assert UNPLACEABLE in error["message"] and f"within {UNPLACEABLE_TIMEOUT_S} s" in error["message"]
+    assert response.headers["retry-after"]
+
+    # The replica was asked for and waits for a GPU; the listing says so, with Serve's reason.
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    stuck = listed[UNPLACEABLE]
+    assert stuck["replicas"] == 0 and stuck["state"] in ("starting", "pending"), stuck
+    assert stuck["state_reason"], stuck
+    assert listed[FLORENCE_LARGE]["state"] == "ready"
+    served = client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<CAPTION>", image_url, max_tokens=8))
+    assert served.status_code == 200, served.text
+
+    # Nothing waits for it any more: the demand policy lets the pending replica go.
+    wait_for(client, UNPLACEABLE, is_cold, "released", 30)
+    print(f"\n{UNPLACEABLE}: 504 after {waited:.1f} s; listed as {stuck['state']}: {stuck['state_reason']}")
+
+
+def test_interest_prewarms_a_cold_model_until_demand_fades(client):
+    wait_for(client, UNPLACEABLE, is_cold, "cold", 60)
+    for _ in range(UNPLACEABLE_PREWARM):
+        assert client.post(f"/v1/models/{UNPLACEABLE}/interest").status_code == 200
+
+    # No request was sent: only the demand policy can have asked for this replica.
+    woken = wait_for(client, UNPLACEABLE, lambda m: m["state"] in ("starting", "pending"), "pre-warming", 20)
+    assert woken["replicas"] == 0  # it can never run here; asked for is what counts
+    wait_for(client, UNPLACEABLE, is_cold, "released after the interest window", 45)
