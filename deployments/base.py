@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from PIL import Image
 from ray import serve
+from transformers import AutoProcessor
 
 from deployments.batching import CONCURRENT_BATCHES, Coalescer
 from deployments.metrics import ModelMetrics
+from serve.catalog import Task, find_task
 from serve.config import BatchConfig, ModelSpec
 from serve.errors import APIError, bad_request
 from serve.images import ImageLimits, decode_image
@@ -153,6 +155,18 @@ class VisionModel:
         }
 
     # ----- helpers for families -----
+
+    def load(self, model_class: Any) -> None:
+        """Load `self.processor` and `self.model` (with `model_class`) from `self.source` onto the device."""
+        self.processor = AutoProcessor.from_pretrained(self.source)
+        self.model = model_class.from_pretrained(self.source, dtype=self.dtype).to(self.device).eval()
+
+    def task(self, name: str) -> Task:
+        """One of this family's tasks by name or prompt, or a 400 naming it."""
+        task = find_task(self.family, name)
+        if task is None:
+            raise bad_request(f"unknown {self.family} task '{name}'", param="task")
+        return task
 
     def image(self, value: Image.Image | bytes, param: str = "image") -> Image.Image:
         """Accept a PIL image or encoded bytes (Python handle callers) as an RGB image."""

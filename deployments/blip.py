@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from deployments.base import VisionModel
 
@@ -26,9 +26,7 @@ class Blip(VisionModel):
     family = "blip"
 
     def setup(self) -> None:
-        self.processor = AutoProcessor.from_pretrained(self.source)
-        self.model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.load(AutoModelForImageTextToText)
 
     async def generate(
         self,

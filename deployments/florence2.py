@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from deployments.base import VisionModel
-from serve.catalog import Task, find_task
+from serve.catalog import Task
 from serve.errors import bad_request
 from serve.protocol import checked_region
 
@@ -36,9 +36,7 @@ class Florence2(VisionModel):
     family = "florence2"
 
     def setup(self) -> None:
-        self.processor = AutoProcessor.from_pretrained(self.source)
-        self.model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.load(AutoModelForImageTextToText)
 
     async def generate(
         self,
@@ -51,9 +49,7 @@ class Florence2(VisionModel):
     ) -> dict[str, Any]:
         """Run one task (name like `object-detection` or token like `<OD>`) on one image."""
         image = self.image(image)
-        spec = find_task(self.family, task)
-        if spec is None:
-            raise bad_request(f"unknown Florence-2 task '{task}'", param="task")
+        spec = self.task(task)
         tokens, beams = self.generation_settings(max_new_tokens, num_beams)
         prompt = spec.prompt + self._task_input(spec, text, region, image)
         return await self.submit(Florence2Item(image, spec, prompt, tokens, beams))

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from deployments.base import VisionModel
-from serve.catalog import find_task
 from serve.errors import bad_request
 from serve.protocol import checked_region
 
@@ -36,9 +35,7 @@ class Kosmos2(VisionModel):
     family = "kosmos2"
 
     def setup(self) -> None:
-        self.processor = AutoProcessor.from_pretrained(self.source)
-        self.model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.load(AutoModelForImageTextToText)
 
     async def generate(
         self,
@@ -51,9 +48,7 @@ class Kosmos2(VisionModel):
     ) -> dict[str, Any]:
         """Run one Kosmos-2 task on one image; entities carry phrase, span and boxes (normalised and pixels)."""
         image = self.image(image)
-        spec = find_task(self.family, task)
-        if spec is None:
-            raise bad_request(f"unknown Kosmos-2 task '{task}'", param="task")
+        spec = self.task(task)
         tokens, beams = self.generation_settings(max_new_tokens, num_beams)
         prompt, box = build_prompt(spec.name, (text or "").strip(), region, image.size)
         return await self.submit(Kosmos2Item(image, spec.name, prompt, box, tokens, beams))

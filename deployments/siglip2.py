@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel
 
 from deployments.base import VisionModel
 from serve.errors import bad_request
@@ -67,10 +67,9 @@ class Siglip2(VisionModel):
 
     def setup(self) -> None:
         self.options = Siglip2Options.model_validate(self.spec.options)
-        self.processor = AutoProcessor.from_pretrained(self.source)
+        self.load(AutoModel)
+        # Texts are padded to a fixed length on the right, as SigLIP2 was trained.
         self.processor.tokenizer.padding_side = "right"
-        self.model = AutoModel.from_pretrained(self.source, dtype=self.dtype)
-        self.model.to(self.device).eval()
 
     async def embed_images(
         self, images: list[Image.Image | bytes], max_num_patches: int | None = None
