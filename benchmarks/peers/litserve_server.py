@@ -1,0 +1,73 @@
+"""The LitServe peer: the same model behind LitServe with the gateway's batch settings.
+
+One API server process and one inference worker (LitServe's default layout on one device), the
+worker's torch limited to the same two threads. `decode_request` turns the OpenAI-style body into
+an image, `predict` runs the batch LitServe collected (up to `--max-batch-size` requests, waiting
+at most `--batch-timeout` seconds for it to fill), `encode_response` builds the OpenAI response.
+
+The batch timeout is at least `MIN_BATCH_TIMEOUT_S`: with `batch_timeout=0` and batching on,
+LitServe 0.2.19's worker polls its queue with `get_nowait` in a loop and keeps a core busy while
+idle (`litserve/loops/base.py: collate_requests`), which would slow down every other system
+measured beside it. With a timeout it waits on the queue for up to 1 ms at a time instead.
+
+    python -m benchmarks.peers.litserve_server --workload siglip2_embed --checkpoint checkpoints/real/siglip2 \
+        --port 8102 --max-batch-size 8 --batch-timeout 0.005
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import litserve as ls
+from PIL import Image
+
+from benchmarks.workloads import WORKLOADS, ModelRunner, Workload, request_image, response_body
+
+MIN_BATCH_TIMEOUT_S = 0.001
+
+
+class WorkloadAPI(ls.LitAPI):
+    """A benchmark workload as a LitAPI (batched when `max_batch_size` > 1)."""
+
+    def __init__(self, workload: Workload, checkpoint: str, threads: int, max_batch_size: int, batch_timeout: float):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=workload.path)
+        self.workload = workload
+        self.checkpoint = checkpoint
+        self.threads = threads
+
+    def setup(self, device: str) -> None:
+        self.runner = ModelRunner(self.workload, self.checkpoint, self.threads)
+
+    def decode_request(self, request) -> Image.Image:  # unannotated: LitServe then hands over the parsed JSON body
+        return request_image(self.workload, request)
+
+    def predict(self, x: Image.Image | list[Image.Image]) -> dict[str, Any] | list[dict[str, Any]]:
+        if self.max_batch_size > 1:
+            return self.runner.run(list(x))
+        return self.runner.run([x])[0]
+
+    def encode_response(self, output: dict[str, Any]) -> dict[str, Any]:
+        return response_body(self.workload, output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the inference worker")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--batch-timeout", type=float, default=0.005)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s litserve %(message)s")
+    batch_timeout = max(args.batch_timeout, MIN_BATCH_TIMEOUT_S) if args.max_batch_size > 1 else args.batch_timeout
+    api = WorkloadAPI(WORKLOADS[args.workload], args.checkpoint, args.threads, args.max_batch_size, batch_timeout)
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=False)
+    server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

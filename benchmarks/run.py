@@ -1,0 +1,675 @@
+"""Run the whole benchmark in one go and write `benchmarks/results/latest.{json,md,png}`.
+
+    python -m benchmarks.run            # the full run (`make bench`), about 13 minutes on 2 cores
+    python -m benchmarks.run --quick    # a smoke run with short windows, about 5 minutes
+
+Phases, one after another, on one local Ray (no dashboard) whose HTTP proxy listens on 127.0.0.1:
+
+1. Tiny SigLIP2 (checkpoints/tiny): the gateway's own costs. The cold start of a zero-replica
+   (`coming_soon`) model; then rounds of: the replica's own `predict` called in-process, the same
+   text embedding over HTTP at concurrency 1 with batching on and off, and at concurrency 32.
+2. Each real-size workload (`benchmarks.workloads`): the raw model in a plain in-process loop at
+   its best batch size (probed among 1, 8 and 16 first); the gateway with that batch size and with
+   `max_batch_size: 1` (two apps, each holding only this model); the naive server; LitServe with
+   the gateway's batch settings. Every system is started once and reused. Rounds interleave the
+   systems (raw, gateway, gateway unbatched, naive, LitServe), one under load at a time, at the
+   workload's headline concurrency; ratios are taken within a round and summarised by their median
+   and range. The other concurrencies of the sweep follow the rounds, measured once each.
+
+Every model runs with two torch threads on the machine's cores; the gateway's model replica asks
+Ray for 2 CPUs. Everything started here is stopped on the way out, also after an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import logging
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks import models, report
+from benchmarks.load import LoadGenerator
+from benchmarks.metrics import http_window, percentiles, spread
+from benchmarks.servers import (
+    WORK_DIR,
+    GatewayStack,
+    PeerServer,
+    cpu_seconds,
+    litserve_server,
+    naive_server,
+    ray_part,
+    rss_mb,
+)
+from benchmarks.workloads import BATCH_WAIT_S, CAPTION_TOKENS, PATCHES, WORKLOADS, ModelRunner, Workload, decode_data_url
+
+logger = logging.getLogger("benchmarks.run")
+
+THREADS = 2
+"""Torch threads of every system, and the CPUs the gateway's model replica asks Ray for."""
+MAX_ONGOING = 64
+"""The model deployment's `max_ongoing_requests`: above every concurrency, so batches can fill and
+the counters can be read while a window runs."""
+TINY_TEXT = "a photo of a cat sitting on a wooden table"
+TINY_MODELS = {
+    "batched": "bench/tiny-siglip2",
+    "unbatched": "bench/tiny-siglip2-unbatched",
+    "cold": "bench/tiny-siglip2-cold",
+}
+SYSTEMS = ("gateway", "gateway_unbatched", "naive", "litserve")
+
+
+@dataclass(frozen=True)
+class WorkloadPlan:
+    """How one workload is measured."""
+
+    workload: str
+    headline: int
+    concurrencies: tuple[int, ...]
+    window_s: float
+    warmup_s: float
+    raw_window_s: float
+    probe_s: float
+    max_window_s: float
+    probe_sizes: tuple[int, ...] = (1, 8, 16)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole run: rounds, windows and the time budget."""
+
+    rounds: int
+    tiny_window_s: float
+    tiny_in_process_s: float
+    workloads: tuple[WorkloadPlan, ...]
+    budget_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+FULL = Plan(
+    rounds=3,
+    tiny_window_s=3.0,
+    tiny_in_process_s=2.0,
+    workloads=(
+        WorkloadPlan("siglip2_embed", 32, (1, 8, 32), window_s=3.0, warmup_s=0.5, raw_window_s=5.0,
+                     probe_s=2.5, max_window_s=120.0),
+        WorkloadPlan("blip_caption", 8, (1, 8), window_s=2.0, warmup_s=0.0, raw_window_s=5.0,
+                     probe_s=2.0, max_window_s=240.0),
+    ),
+    budget_s=14 * 60,
+    notes=[
+        "BLIP is swept at concurrency 1 and 8 only: on 2 cores one caption takes ~2 s, so at 32 a request"
+        " waits 40-70 s and one such window per system would not fit the 15-minute budget.",
+        "The batch size of the raw loop, the gateway and LitServe is the best of the probed sizes that the"
+        " headline concurrency can fill (all probed sizes are in probe_items_per_s).",
+        "A window measures from the first response after its warm-up until the last request issued in the"
+        " window has answered (see benchmarks/metrics.py); BLIP windows span about one batch period each.",
+    ],
+)
+QUICK = Plan(
+    rounds=3,
+    tiny_window_s=1.0,
+    tiny_in_process_s=0.5,
+    workloads=(
+        WorkloadPlan("siglip2_embed", 8, (1, 8), window_s=1.0, warmup_s=0.0, raw_window_s=1.0,
+                     probe_s=0.5, max_window_s=60.0, probe_sizes=(1, 8)),
+        WorkloadPlan("blip_caption", 2, (2,), window_s=0.5, warmup_s=0.0, raw_window_s=0.5,
+                     probe_s=0.5, max_window_s=120.0, probe_sizes=(1, 2)),
+    ),
+    budget_s=8 * 60,
+    notes=["--quick: a smoke run with short windows; the numbers are not meant to be compared."],
+)
+
+
+@dataclass
+class HttpSystem:
+    """A system measured over HTTP: where to send requests and, for the gateway, its replica's counters."""
+
+    name: str
+    url: str
+    stats: Callable[[], dict[str, Any]] | None = None
+
+
+class Benchmark:
+    """Holds everything started during a run, so that all of it is stopped at the end."""
+
+    def __init__(self, plan: Plan, results_dir: Path) -> None:
+        self.plan = plan
+        self.results_dir = results_dir
+        self.started = time.perf_counter()
+        self.exit = contextlib.ExitStack()
+        self.loadgen: LoadGenerator | None = None
+        self.gateway: GatewayStack | None = None
+        self.peers: dict[str, PeerServer] = {}
+        self.apps: dict[str, str] = {}
+        """System name -> Serve application of the gateway apps deployed now."""
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def over_budget(self) -> bool:
+        return self.elapsed() > self.plan.budget_s
+
+    # ----- the run -----
+
+    def run(self) -> dict[str, Any]:
+        started_at = datetime.now(timezone.utc)
+        checkpoints = models.build_all()
+        with self.exit:
+            self.loadgen = LoadGenerator()
+            self.exit.callback(self.loadgen.close)
+            self.gateway = GatewayStack(num_cpus=8)
+            self.exit.callback(self.gateway.shutdown)
+            # After ray.init, which installs a SIGTERM handler that ends the process without cleanup.
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            results: dict[str, Any] = {"tiny": self.measure_tiny()}
+            for workload_plan in self.plan.workloads:
+                results[workload_plan.workload] = self.measure_workload(workload_plan, checkpoints)
+        results["header"] = header(self.plan, started_at, self.elapsed())
+        return results
+
+    # ----- the gateway's own costs, with the tiny model -----
+
+    def measure_tiny(self) -> dict[str, Any]:
+        """The gateway's own costs, with the tiny SigLIP2 checkpoint in three one-model apps:
+        batched, `max_batch_size: 1`, and `coming_soon` (zero replicas, for the cold start)."""
+        from deployments.siglip2 import Siglip2, TextsItem
+
+        assert self.gateway and self.loadgen
+        source = models.TINY_DIR / "siglip2"
+        entries = {
+            "gateway": tiny_entry(TINY_MODELS["batched"], source, max_batch_size=8, status="live"),
+            "gateway_unbatched": tiny_entry(TINY_MODELS["unbatched"], source, max_batch_size=1, status="live"),
+            "gateway_cold": tiny_entry(TINY_MODELS["cold"], source, max_batch_size=8, status="coming_soon"),
+        }
+        self.apps = {system: f"bench-tiny-{system}" for system in entries}
+        try:
+            for system, entry in entries.items():
+                self.gateway.deploy(self.apps[system], gateway_args([entry], self.apps[system]), f"/{self.apps[system]}")
+            urls = {system: f"{self.gateway.url}/{app}" for system, app in self.apps.items()}
+            systems = {name: HttpSystem(name, f"{urls[name]}/v1/embeddings") for name in ("gateway", "gateway_unbatched")}
+            bodies = {name: {"model": entries[name]["id"], "input": TINY_TEXT} for name in systems}
+            for name in systems:
+                self.http_window(systems[name], bodies[name], 8, 0.0, 0.0, 60)
+            cold = self.cold_start(urls["gateway_cold"], self.apps["gateway_cold"], entries["gateway_cold"])
+            in_process = Siglip2(entries["gateway"], str(source))
+            item = TextsItem([TINY_TEXT])
+            rounds = []
+            for number in range(self.plan.rounds):
+                in_process_latency = time_calls(lambda: predict_in_process(in_process, item), self.plan.tiny_in_process_s)
+                measured = {"in_process": percentiles(in_process_latency)}
+                for name, key in (("gateway", "http_c1_batched"), ("gateway_unbatched", "http_c1_unbatched")):
+                    measured[key] = self.http_window(systems[name], bodies[name], 1, 0.5, self.plan.tiny_window_s, 60)
+                measured["http_c32_batched"] = self.http_window(
+                    systems["gateway"], bodies["gateway"], 32, 0.5, self.plan.tiny_window_s, 60
+                )
+                batched, unbatched, local = (
+                    measured["http_c1_batched"], measured["http_c1_unbatched"], measured["in_process"]
+                )
+                measured["overhead_p50_ms"] = minus(batched["p50_ms"], local["p50_ms"])
+                measured["overhead_p99_ms"] = minus(batched["p99_ms"], local["p99_ms"])
+                measured["overhead_unbatched_p50_ms"] = minus(unbatched["p50_ms"], local["p50_ms"])
+                measured["batching_tax_p50_ms"] = minus(batched["p50_ms"], unbatched["p50_ms"])
+                logger.info(
+                    "tiny round %d: in-process p50 %s ms, HTTP p50 %s ms (unbatched %s), %.0f req/s at c=32",
+                    number + 1,
+                    local["p50_ms"],
+                    batched["p50_ms"],
+                    unbatched["p50_ms"],
+                    measured["http_c32_batched"]["items_per_s"],
+                )
+                rounds.append(measured)
+            memory = self.memory(self.apps)
+            idle = self.idle_cpu(self.apps)
+        finally:
+            for app in self.apps.values():
+                with contextlib.suppress(Exception):
+                    self.gateway.delete(app)
+            self.apps = {}
+        return {"cold_start": cold, "rounds": rounds, "memory_mb": memory, "idle_cpu_percent": idle}
+
+    def cold_start(self, url: str, app: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """First response over HTTP from a zero-replica model, and the load time its replica reports.
+
+        The app's ingress answers GET /v1/models first (which never wakes a model), so the time is
+        the model's wake-up and first answer, not the ingress's first request.
+        """
+        import httpx
+
+        assert self.gateway
+        listing = httpx.get(f"{url}/v1/models", timeout=60).json()
+        replicas_before = listing["data"][0].get("replicas")
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/v1/embeddings", json={"model": entry["id"], "input": TINY_TEXT}, timeout=300)
+        first_response = time.perf_counter() - started
+        response.raise_for_status()
+        stats = self.gateway.stats(app, deployment_name(entry["id"]))
+        result = {
+            "model": entry["id"],
+            "replicas_before": replicas_before,
+            "first_response_s": first_response,
+            "model_load_s": stats["load_seconds"],
+            "overhead_s": first_response - stats["load_seconds"],
+            "x_cold_start_header": response.headers.get("x-cold-start"),
+        }
+        logger.info(
+            "cold start: first response %.2fs, model load %.2fs", result["first_response_s"], result["model_load_s"]
+        )
+        return result
+
+    # ----- one real-size workload -----
+
+    def measure_workload(self, wplan: WorkloadPlan, checkpoints: dict[str, Path]) -> dict[str, Any]:
+        assert self.gateway and self.loadgen
+        workload = WORKLOADS[wplan.workload]
+        checkpoint = checkpoints[workload.checkpoint]
+        image_url = workload.image_url()
+        image = decode_data_url(image_url)
+        body = workload.request_body(image_url)
+        logger.info("=== %s: %s from %s", workload.name, workload.model_id, checkpoint)
+
+        runner = ModelRunner(workload, checkpoint, THREADS)
+        batch, probe = probe_batch_sizes(runner, image, wplan.probe_sizes, wplan.probe_s, wplan.headline)
+        logger.info("%s: best raw batch size %d (%s)", workload.name, batch, probe)
+
+        startup: dict[str, float] = {}
+        apps = {"gateway": f"bench-{workload.checkpoint}", "gateway_unbatched": f"bench-{workload.checkpoint}-unbatched"}
+        self.apps = apps
+        peers: dict[str, PeerServer] = {}
+        try:
+            peers["naive"] = naive_server(workload.name, checkpoint, THREADS)
+            peers["litserve"] = litserve_server(workload.name, checkpoint, THREADS, batch, BATCH_WAIT_S)
+            self.peers = peers
+            for system, prefix, size in (("gateway", "/b", batch), ("gateway_unbatched", "/u", 1)):
+                args = gateway_args([workload_entry(workload, checkpoint, size)], apps[system])
+                startup[system] = self.gateway.deploy(apps[system], args, prefix)
+            for name, peer in peers.items():
+                startup[name] = peer.wait_ready()
+            systems = self.http_systems(workload, apps, peers)
+            count_tokens = workload.family == "blip"
+            for system in systems.values():
+                self.http_window(system, body, 2, 0.0, 0.0, wplan.max_window_s, count_tokens)
+            self.resume_peers()
+            memory = self.memory(apps)
+            idle = self.idle_cpu(apps)
+
+            rounds = []
+            for number in range(self.plan.rounds):
+                self.isolate(None)
+                measured = {"raw": raw_window(runner, image, batch, wplan.raw_window_s)}
+                for name in SYSTEMS:
+                    measured[name] = self.http_window(
+                        systems[name], body, wplan.headline, wplan.warmup_s, wplan.window_s, wplan.max_window_s,
+                        count_tokens,
+                    )
+                log_round(workload.name, number + 1, measured)
+                rounds.append(measured)
+            sweep = []
+            for concurrency in wplan.concurrencies:
+                if concurrency == wplan.headline:
+                    continue
+                for name in SYSTEMS:
+                    if self.over_budget():
+                        logger.warning("over the time budget: skipping %s at concurrency %d", name, concurrency)
+                        continue
+                    sweep.append(
+                        self.http_window(
+                            systems[name], body, concurrency, wplan.warmup_s, wplan.window_s, wplan.max_window_s,
+                            count_tokens,
+                        )
+                    )
+        finally:
+            for peer in peers.values():
+                peer.stop()
+            self.peers = {}
+            self.apps = {}
+            for app in apps.values():
+                with contextlib.suppress(Exception):
+                    self.gateway.delete(app)
+            del runner
+            gc.collect()
+        return {
+            "workload": workload.name,
+            "model_id": workload.model_id,
+            "checkpoint": str(checkpoint),
+            "batch_size": batch,
+            "probe_items_per_s": probe,
+            "headline_concurrency": wplan.headline,
+            "startup_s": startup,
+            "memory_mb": memory,
+            "idle_cpu_percent": idle,
+            "rounds": rounds,
+            "sweep": sweep,
+        }
+
+    def http_systems(self, workload: Workload, apps: dict[str, str], peers: dict[str, PeerServer]) -> dict[str, HttpSystem]:
+        assert self.gateway
+        name = deployment_name(workload.model_id)
+        gateway = self.gateway
+        return {
+            "gateway": HttpSystem("gateway", f"{gateway.url}/b{workload.path}", lambda: gateway.stats(apps["gateway"], name)),
+            "gateway_unbatched": HttpSystem(
+                "gateway_unbatched",
+                f"{gateway.url}/u{workload.path}",
+                lambda: gateway.stats(apps["gateway_unbatched"], name),
+            ),
+            "naive": HttpSystem("naive", f"{peers['naive'].url}{workload.path}"),
+            "litserve": HttpSystem("litserve", f"{peers['litserve'].url}{workload.path}"),
+        }
+
+    # ----- measurement windows -----
+
+    def isolate(self, active: str | None) -> None:
+        """Resume the peer server named `active` and pause the others, so that no idle peer runs beside
+        the system under test (LitServe's batching worker polls its queue every millisecond)."""
+        for name, peer in self.peers.items():
+            if name == active:
+                peer.resume()
+            else:
+                peer.pause()
+
+    def resume_peers(self) -> None:
+        for peer in self.peers.values():
+            peer.resume()
+
+    def http_window(
+        self,
+        system: HttpSystem,
+        body: dict[str, Any],
+        concurrency: int,
+        warmup_s: float,
+        window_s: float,
+        max_s: float,
+        count_tokens: bool = False,
+    ) -> dict[str, Any]:
+        """One load-generator job against `system`; with the replica's mean batch size for the gateway."""
+        assert self.loadgen
+        job = {
+            "url": system.url,
+            "body": body,
+            "concurrency": concurrency,
+            "warmup_s": warmup_s,
+            "window_s": window_s,
+            "max_s": max_s,
+            "timeout_s": max_s,
+            "count_tokens": count_tokens,
+        }
+        self.isolate(system.name)
+        before: dict[str, Any] = {}
+        cpu_before: dict[str, float] = {}
+
+        def on_measuring() -> None:
+            cpu_before.update(self.cpu(self.apps))
+            if system.stats:
+                before.update(system.stats())
+
+        summary = http_window(self.loadgen.run(job, on_measuring))
+        if system.stats and before:
+            after = system.stats()
+            batches = after["batches"] - before["batches"]
+            summary["mean_batch_size"] = (after["items"] - before["items"]) / batches if batches else None
+        if cpu_before and summary.get("completed_after_start"):
+            cpu_after = self.cpu(self.apps)
+            items = summary["completed_after_start"]
+            summary["cpu_ms_per_item"] = {
+                part: 1000 * (cpu_after[part] - cpu_before[part]) / items
+                for part in sorted(cpu_before.keys() & cpu_after.keys())
+                if cpu_after[part] - cpu_before[part] > 0.001
+            }
+        if summary["errors"]:
+            logger.warning("%s at concurrency %d: %d failed requests", system.name, concurrency, summary["errors"])
+        logger.debug(
+            "%s c=%d: %.2f items/s, p50 %s ms, batch %s, %d requests in %.1fs",
+            system.name, concurrency, summary["items_per_s"], summary["p50_ms"], summary.get("mean_batch_size"),
+            summary["requests"], summary["elapsed_s"],
+        )
+        return {"system": system.name, "concurrency": concurrency, **summary}
+
+    def parts(self, apps: dict[str, str]) -> dict[str, list[psutil.Process]]:
+        """Every process of the local stack, by part: Ray's parts (see `ray_part`), each peer, the load
+        generator and this driver (which runs the raw loop)."""
+        driver = psutil.Process()
+        parts: dict[str, list[psutil.Process]] = defaultdict(list)
+        parts["driver"].append(driver)
+        for name, peer in self.peers.items():
+            parts[name] = peer.processes()
+        excluded = {p.pid for name in self.peers for p in parts[name]}
+        if self.loadgen:
+            excluded.add(self.loadgen.pid)
+            with contextlib.suppress(psutil.Error):
+                parts["load_generator"].append(psutil.Process(self.loadgen.pid))
+        app_systems = {app: system for system, app in apps.items()}
+        for process in driver.children(recursive=True):
+            if process.pid not in excluded:
+                parts[ray_part(process, app_systems)].append(process)
+        return parts
+
+    def memory(self, apps: dict[str, str]) -> dict[str, float]:
+        """Summed RSS (MB) per part of the local stack, now; `gateway` is Ray plus the batched app."""
+        parts = self.parts(apps)
+        memory = {name: rss_mb(processes) for name, processes in sorted(parts.items())}
+        ray = [name for name in memory if name.startswith("ray_")]
+        memory["gateway"] = sum(memory[name] for name in (*ray, "gateway_ingress", "gateway_model") if name in memory)
+        memory["whole_stack"] = rss_mb([p for processes in parts.values() for p in processes])
+        return memory
+
+    def cpu(self, apps: dict[str, str]) -> dict[str, float]:
+        """CPU seconds used so far per part of the local stack."""
+        return {name: cpu_seconds(processes) for name, processes in self.parts(apps).items()}
+
+    def idle_cpu(self, apps: dict[str, str], seconds: float = 3.0) -> dict[str, float]:
+        """Per part, the share of one core it uses while no system is under load (in %)."""
+        before = self.cpu(apps)
+        time.sleep(seconds)
+        after = self.cpu(apps)
+        idle = {part: round(100 * (after[part] - before[part]) / seconds, 1) for part in sorted(before.keys() & after.keys())}
+        logger.info("idle CPU, %% of a core: %s", idle)
+        return idle
+
+
+# ----- helpers -----
+
+
+def gateway_args(models_: list[dict[str, Any]], app: str) -> dict[str, Any]:
+    """`build_app` arguments: only the given catalog entries."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    return {
+        "models": models_,
+        "gateway": {
+            "request_timeout_s": 600,
+            "cold_start_timeout_s": 300,
+            "demand_db": str(WORK_DIR / f"{app}-demand.sqlite3"),
+        },
+    }
+
+
+def _entry(model_id: str, source: Path, family: str, max_batch_size: int, status: str) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "source": str(source),
+        "family": family,
+        "status": status,
+        "device": "cpu",
+        "dtype": "float32",
+        "torch_threads": THREADS,
+        "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": BATCH_WAIT_S},
+        "deployment": {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": THREADS}},
+    }
+
+
+def workload_entry(workload: Workload, checkpoint: Path, max_batch_size: int) -> dict[str, Any]:
+    """The catalog entry of a real-size workload model, live with one replica."""
+    entry = _entry(workload.model_id, checkpoint, workload.family, max_batch_size, "live")
+    if workload.family == "siglip2":
+        entry["options"] = {"max_num_patches": PATCHES, "min_num_patches": 16, "max_num_patches_cap": PATCHES}
+    else:
+        entry["generation"] = {"max_new_tokens": CAPTION_TOKENS, "num_beams": 1}
+    return entry
+
+
+def tiny_entry(model_id: str, source: Path, max_batch_size: int, status: str) -> dict[str, Any]:
+    return _entry(model_id, source, "siglip2", max_batch_size, status)
+
+
+def deployment_name(model_id: str) -> str:
+    from serve.config import slug
+
+    return slug(model_id)
+
+
+def predict_in_process(model: Any, item: Any) -> Any:
+    """The replica's own work for one request, without Serve: `predict` under inference mode, as the replica runs it."""
+    import torch
+
+    with torch.inference_mode():
+        return model.predict([item])
+
+
+def minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def time_calls(call: Callable[[], Any], seconds: float) -> list[float]:
+    """Latencies (s) of back-to-back calls for about `seconds`, after five unmeasured ones."""
+    for _ in range(5):
+        call()
+    latencies = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float) -> dict[str, Any]:
+    """The model in a plain loop: whole batches for at least `seconds` (at least one)."""
+    images = [image] * batch
+    durations = []
+    driver = psutil.Process()
+    cpu_before = cpu_seconds([driver])
+    started = time.perf_counter()
+    while not durations or time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        runner.run(images)
+        durations.append(time.perf_counter() - t)
+    items = batch * len(durations)
+    return {
+        "system": "raw",
+        "batch_size": batch,
+        "batches": len(durations),
+        "items_per_s": items / sum(durations),
+        "cpu_ms_per_item": {"driver": 1000 * (cpu_seconds([driver]) - cpu_before) / items},
+        **percentiles(durations),
+    }
+
+
+def probe_batch_sizes(
+    runner: ModelRunner, image: Any, sizes: tuple[int, ...], seconds: float, concurrency: int
+) -> tuple[int, dict[int, float]]:
+    """Items/s of the raw loop at each batch size, and the size to use.
+
+    Only sizes that `concurrency` requests can fill are candidates. The smallest size within 3% of
+    the best wins: a larger batch costs latency, and 3% is within the noise of a short probe.
+    """
+    runner.run([image])
+    rates = {size: raw_window(runner, image, size, seconds)["items_per_s"] for size in sizes}
+    candidates = {size: rate for size, rate in rates.items() if size <= concurrency} or rates
+    best = max(candidates.values())
+    return min(size for size, rate in candidates.items() if rate >= 0.97 * best), rates
+
+
+def log_round(workload: str, number: int, measured: dict[str, Any]) -> None:
+    raw = measured["raw"]["items_per_s"]
+    parts = [f"raw {raw:.2f}/s"]
+    for name in SYSTEMS:
+        window = measured[name]
+        parts.append(f"{name} {window['items_per_s']:.2f}/s ({window['items_per_s'] / raw:.0%})")
+    logger.info("%s round %d: %s", workload, number, ", ".join(parts))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=models.ROOT, text=True).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=models.ROOT).returncode != 0
+        return commit + ("-dirty" if dirty else "")
+    return None
+
+
+def header(plan: Plan, started_at: datetime, wall_s: float) -> dict[str, Any]:
+    """Machine, time and versions of this run."""
+    packages = ("torch", "transformers", "ray", "litserve", "fastapi", "uvicorn", "httpx", "starlette", "pydantic")
+    return {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": wall_s,
+        "machine": {
+            "cpu": _cpu_model(),
+            "logical_cpus": psutil.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(),
+            "load_average_at_end": [round(x, 2) for x in psutil.getloadavg()],
+        },
+        "python": platform.python_version(),
+        "versions": {package: _version(package) for package in packages},
+        "git_commit": _git_commit(),
+        "plan": asdict(plan),
+        "threads_per_system": THREADS,
+        "batch_wait_s": BATCH_WAIT_S,
+        "caption_tokens": CAPTION_TOKENS,
+        "siglip2_patches": PATCHES,
+    }
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short windows: a smoke run, not a measurement")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every measurement window")
+    parser.add_argument("--results", type=Path, default=report.RESULTS_DIR, help="where latest.{json,md,png} go")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("benchmarks").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for noisy in ("httpx", "ray", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    plan = QUICK if args.quick else FULL
+    results = Benchmark(plan, args.results).run()
+    summary = report.write(results, args.results)
+    print(summary)
+    logger.info("wall time %.0fs; results in %s", results["header"]["wall_time_s"], args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

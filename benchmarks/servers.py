@@ -1,0 +1,233 @@
+"""Starting, stopping and measuring the systems under test: the gateway on Ray Serve and the peer servers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+logger = logging.getLogger("benchmarks.servers")
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK_DIR = ROOT / "benchmarks" / "work"
+ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> float:
+    """Poll `url` until it answers 200; seconds waited. Fails early if `process` exits."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server behind {url} exited with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become healthy within {timeout_s:g} s")
+
+
+class PeerServer:
+    """A peer server in its own process group (so its worker processes stop with it)."""
+
+    def __init__(self, name: str, module: str, args: list[str], port: int) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        WORK_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = WORK_DIR / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, **ENV_VARS},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        logger.info("started %s (pid %d) on port %d, log %s", name, self.process.pid, port, self.log_path)
+
+    def wait_ready(self, timeout_s: float = 300) -> float:
+        """Wait until the server answers /health; seconds from its start to then."""
+        wait_healthy(f"{self.url}/health", timeout_s, self.process)
+        seconds = time.perf_counter() - self.started
+        logger.info("%s ready %.1fs after its start", self.name, seconds)
+        return seconds
+
+    def processes(self) -> list[psutil.Process]:
+        """The server's process and all its descendants."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def pause(self) -> None:
+        """Stop the whole server (SIGSTOP to its process group) while other systems are measured."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (resumed first), SIGKILL after 15 s."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGCONT)
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        logger.info("stopped %s", self.name)
+
+
+def naive_server(workload: str, checkpoint: Path, threads: int) -> PeerServer:
+    return PeerServer(
+        "naive",
+        "benchmarks.peers.naive_server",
+        ["--workload", workload, "--checkpoint", str(checkpoint), "--threads", str(threads)],
+        free_port(),
+    )
+
+
+def litserve_server(workload: str, checkpoint: Path, threads: int, max_batch_size: int, batch_wait_s: float) -> PeerServer:
+    return PeerServer(
+        "litserve",
+        "benchmarks.peers.litserve_server",
+        [
+            "--workload", workload,
+            "--checkpoint", str(checkpoint),
+            "--threads", str(threads),
+            "--max-batch-size", str(max_batch_size),
+            "--batch-timeout", str(batch_wait_s),
+        ],
+        free_port(),
+    )
+
+
+class GatewayStack:
+    """A local Ray (no dashboard) with Serve's HTTP proxy on 127.0.0.1; gateway apps come and go."""
+
+    def __init__(self, num_cpus: int = 8) -> None:
+        import ray
+        from ray import serve
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # address="local": always a new Ray of our own, never one another test run on this machine started.
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": dict(ENV_VARS)},
+        )
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        logger.info("Ray Serve up, HTTP on %s", self.url)
+
+    def deploy(self, app_name: str, args: dict[str, Any], route_prefix: str) -> float:
+        """Deploy `build_app(args)` as `app_name` under `route_prefix`; seconds until it runs."""
+        from ray import serve
+
+        from serve.app import build_app
+
+        started = time.perf_counter()
+        serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
+        seconds = time.perf_counter() - started
+        logger.info("deployed gateway app %s at %s%s in %.1fs", app_name, self.url, route_prefix, seconds)
+        return seconds
+
+    def delete(self, app_name: str) -> None:
+        from ray import serve
+
+        serve.delete(app_name)
+
+    @staticmethod
+    def stats(app_name: str, deployment_name: str) -> dict[str, Any]:
+        """The replica's `stats()` (load time, batch and item counters), through a Serve handle."""
+        from ray import serve
+
+        return serve.get_deployment_handle(deployment_name, app_name).stats.remote().result(timeout_s=60)
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        logger.info("Ray Serve and Ray stopped")
+
+
+def ray_part(process: psutil.Process, apps: dict[str, str]) -> str:
+    """Which part of the gateway stack a Ray process is, from its title (`ray::ServeReplica:<app>:<deployment>`).
+
+    `apps` maps Serve application names to system names; a replica becomes `<system>_ingress` or
+    `<system>_model`, the HTTP proxy `ray_proxy`, the controller `ray_controller`, anything else `ray_core`.
+    """
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return "ray_core"
+    if "ServeReplica:" in command:
+        app, deployment = command.split("ServeReplica:", 1)[1].split()[0].split(":")[:2]
+        system = apps.get(app, app)
+        return f"{system}_ingress" if deployment.startswith("Gateway") else f"{system}_model"
+    if "ProxyActor" in command:
+        return "ray_proxy"
+    if "ServeController" in command:
+        return "ray_controller"
+    return "ray_core"
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU time of the processes (all their threads), in seconds."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def rss_mb(processes: list[psutil.Process]) -> float:
+    """Summed resident set size in MB (shared pages count once per process)."""
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
