@@ -36,7 +36,7 @@ test: checkpoints
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The benchmark (benchmarks/run.py): ~13 min on 2 cores; writes benchmarks/results/latest.{json,md,png}.
-bench: install
+bench: checkpoints
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # A bounded soak (soak/run.py): 32 clients, mixed models and endpoints, 3 min against its own
