@@ -67,8 +67,14 @@ def http_window(done: dict[str, Any]) -> dict[str, Any]:
     records = done["records"]
     start = done["measuring_at"]
     if start is None:
-        return {"items_per_s": 0.0, "errors": len(records), "requests": len(records), "timed_out": True,
-                "elapsed_s": done["elapsed_s"], **percentiles([])}
+        return {
+            "items_per_s": 0.0,
+            "errors": len(records),
+            "requests": len(records),
+            "timed_out": True,
+            "elapsed_s": done["elapsed_s"],
+            **percentiles([]),
+        }
     ok = [r for r in records if r[2] == 200]
     measured = [r for r in ok if r[0] >= start]
     tokens = sorted({int(r[3]) for r in measured if r[3] >= 0})

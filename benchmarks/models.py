@@ -14,7 +14,8 @@ pad a caption ([SEP], which BLIP uses as end of sequence, and [PAD]). Greedy dec
 picks them, and the compute per caption is fixed. With random weights the text is meaningless anyway.
 
 Builds are idempotent: each directory holds `real_checkpoint.json` with a fingerprint of its
-inputs, and an up-to-date directory is kept. A build goes to a temporary directory and is renamed
+inputs (the builder's code, the published configs, the tiny tokenizer, library versions), and an
+up-to-date directory is kept. A build goes to a temporary directory and is renamed
 into place when complete.
 
     python -m benchmarks.models --out checkpoints/real
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -83,7 +85,9 @@ def _build_siglip2(directory: Path) -> None:
     config = _published("google--siglip2-base-patch16-naflex/config.json")
     vocab_size = config["text_config"]["vocab_size"]
     if len(tokenizer) > vocab_size:
-        raise ValueError(f"the tiny SigLIP2 tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})")
+        raise ValueError(
+            f"the tiny SigLIP2 tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})"
+        )
     config["text_config"].update(
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
@@ -95,7 +99,7 @@ def _build_siglip2(directory: Path) -> None:
 
 
 def _build_blip(directory: Path) -> None:
-    """BLIP base captioning at the published size: 384x384 images, the tiny WordPiece tokenizer, fixed-length captions."""
+    """BLIP base captioning at the published size: 384x384 images, the tiny tokenizer, fixed-length captions."""
     tokenizer = AutoTokenizer.from_pretrained(TINY_DIR / "blip")
     preprocessor = _published("Salesforce--blip-image-captioning-base/preprocessor_config.json")
     for key in ("image_processor_type", "processor_class"):
@@ -106,7 +110,9 @@ def _build_blip(directory: Path) -> None:
     config = _published("Salesforce--blip-image-captioning-base/config.json")
     vocab_size = config["text_config"]["vocab_size"]
     if len(tokenizer) > vocab_size:
-        raise ValueError(f"the tiny BLIP tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})")
+        raise ValueError(
+            f"the tiny BLIP tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})"
+        )
     config["text_config"].update(
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -138,7 +144,9 @@ def _fingerprint(name: str) -> str:
     configs = resolve_real_configs() / BUILDERS[name][1]
     tiny_marker = TINY_DIR / name / "tiny_checkpoint.json"
     inputs = {
-        "builder": _sha256(Path(__file__).read_bytes()),
+        # The builder's own code and settings, not this whole file: reformatting it costs no rebuild.
+        "builder": _sha256(inspect.getsource(BUILDERS[name][0]).encode()),
+        "settings": {"seed": SEED, "suppressed_bias": SUPPRESSED_BIAS},
         "configs": {path.name: _sha256(path.read_bytes()) for path in sorted(configs.glob("*.json"))},
         "tiny": json.loads(tiny_marker.read_text(encoding="utf-8")).get("fingerprint"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

@@ -62,6 +62,7 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     summary["ratios"] = ratios
     summary["mean_batch_size"] = _median([r["gateway"].get("mean_batch_size") for r in rounds])
     summary["mean_batch_size_unbatched"] = _median([r["gateway_unbatched"].get("mean_batch_size") for r in rounds])
+    summary["mean_batch_size_litserve"] = _median([r["litserve"].get("mean_batch_size") for r in rounds])
 
     by_concurrency: dict[str, dict[str, dict[str, Any]]] = {}
     for system in SYSTEM_FIELDS:
@@ -83,7 +84,9 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     tokens = sorted({t for w in all_windows for t in (w.get("completion_tokens") or [])})
     if tokens:
         summary["completion_tokens_seen"] = {
-            system: sorted({t for w in all_windows if w["system"] == system for t in (w.get("completion_tokens") or [])})
+            system: sorted(
+                {t for w in all_windows if w["system"] == system for t in (w.get("completion_tokens") or [])}
+            )
             for system in SYSTEM_FIELDS
         }
     summary["cpu_ms_per_item"] = {system: _cpu_parts([r[system] for r in rounds]) for system in ("raw", *SYSTEM_FIELDS)}
@@ -153,12 +156,29 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "whole_stack": memory["whole_stack"],
             "measured_during": largest,
             "breakdown": memory,
-            "what": "summed RSS of the processes (shared pages count once per process): gateway = Ray's"
+            "what": "summed RSS of the processes (pages shared between processes are counted in each): gateway = Ray's"
             " processes (GCS, raylet, controller, proxy, ingress) + the batched app's model replica;"
             " whole_stack = every process of the run (both gateway apps, naive, LitServe, the driver"
             " holding the raw model, the load generator)",
         }
     return summary
+
+
+def _belongs_to(part: str, system: str) -> bool:
+    """Whether a process part does the work of `system` (Ray's shared processes belong to both gateway apps)."""
+    if system == "raw":
+        return part == "driver"
+    if system in ("naive", "litserve"):
+        return part == system
+    return part.startswith("ray_") or part in (f"{system}_ingress", f"{system}_model")
+
+
+def _ratio_cell(ratio: dict[str, float | None]) -> str:
+    return f"{_fmt(ratio['median'])}{_range([ratio['min'], ratio['max']])}"
+
+
+def _idle(idle: dict[str, float]) -> str:
+    return ", ".join(f"{part} {value:g}" for part, value in sorted(idle.items(), key=lambda kv: -kv[1]) if value >= 0.5)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -176,14 +196,22 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# gigarouter-serve benchmark",
         "",
-        f"{header['started_at']}, {header['wall_time_s']:.0f} s wall; {header['machine']['cpu']},"
-        f" {header['machine']['logical_cpus']} CPUs, {header['machine']['memory_gb']} GB; commit {header['git_commit']}.",
-        "Random-weight checkpoints at the published sizes, fp32, 2 torch threads per system;"
-        f" medians of {header['plan']['rounds']} interleaved rounds, (min–max) of the per-round values.",
+        (
+            f"{header['started_at']}, {header['wall_time_s']:.0f} s wall; {header['machine']['cpu']},"
+            f" {header['machine']['logical_cpus']} CPUs, {header['machine']['memory_gb']} GB;"
+            f" commit {header['git_commit']}."
+        ),
+        (
+            "Random-weight checkpoints at the published sizes, fp32, 2 torch threads per system;"
+            f" medians of {header['plan']['rounds']} interleaved rounds, (min–max) of the per-round values."
+        ),
         "",
         "## Throughput at the headline concurrency (items/s)",
         "",
-        "| workload | conc. | batch | raw | gateway | gateway unbatched | naive | LitServe | gateway / raw | gateway / naive | gateway / LitServe | mean batch |",
+        (
+            "| workload | conc. | batch | raw | gateway | gateway unbatched | naive | LitServe | gateway / raw"
+            " | gateway / naive | gateway / LitServe | mean batch gateway / LitServe |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     workloads = [key for key in summary if isinstance(summary[key], dict) and "efficiency_vs_raw" in summary[key]]
@@ -195,9 +223,8 @@ def markdown(summary: dict[str, Any]) -> str:
             f" | {_fmt(block['served_items_per_s'])} | {_fmt(block['unbatched_items_per_s'])}"
             f" | {_fmt(block['naive_items_per_s'])} | {_fmt(block['litserve_items_per_s'])}"
             f" | {_fmt(block['efficiency_vs_raw'])}{_range(block['efficiency_vs_raw_range'])}"
-            f" | {_fmt(ratios['gateway_vs_naive']['median'])}{_range([ratios['gateway_vs_naive']['min'], ratios['gateway_vs_naive']['max']])}"
-            f" | {_fmt(ratios['gateway_vs_litserve']['median'])}{_range([ratios['gateway_vs_litserve']['min'], ratios['gateway_vs_litserve']['max']])}"
-            f" | {_fmt(block['mean_batch_size'], 1)} |"
+            f" | {_ratio_cell(ratios['gateway_vs_naive'])} | {_ratio_cell(ratios['gateway_vs_litserve'])}"
+            f" | {_fmt(block['mean_batch_size'], 1)} / {_fmt(block['mean_batch_size_litserve'], 1)} |"
         )
     for key in workloads:
         block = summary[key]
@@ -223,47 +250,70 @@ def markdown(summary: dict[str, Any]) -> str:
         block = summary[key]
         lines += [
             "",
-            f"## {key}: where the time goes (CPU ms per item at concurrency {block['concurrency']},"
-            " medians of the rounds; 2 cores give 2000 CPU-ms per second)",
+            (
+                f"## {key}: where the time goes (CPU ms per item at concurrency {block['concurrency']},"
+                " medians of the rounds; 2 cores give 2000 CPU-ms per second)"
+            ),
             "",
-            "| system | wall ms/item | CPU ms/item | by process |",
-            "|---|---|---|---|",
+            "| system | wall ms/item | CPU ms/item | by process | load generator | other processes (idle) |",
+            "|---|---|---|---|---|---|",
         ]
         for system, parts in block["cpu_ms_per_item"].items():
             rate = block["raw_items_per_s"] if system == "raw" else block[SYSTEM_FIELDS[system]]
-            total = sum(v for v in parts.values() if v is not None)
-            detail = ", ".join(f"{part} {value:.0f}" for part, value in sorted(parts.items(), key=lambda kv: -(kv[1] or 0)) if value and value >= 0.5)
-            lines.append(f"| {LABELS[system]} | {_fmt(1000 / rate if rate else None, 0)} | {total:.0f} | {detail} |")
+            own = {part: value for part, value in parts.items() if value and _belongs_to(part, system)}
+            others = sum(
+                value for part, value in parts.items() if value and part not in own and part != "load_generator"
+            )
+            detail = ", ".join(f"{part} {value:.0f}" for part, value in sorted(own.items(), key=lambda kv: -kv[1]))
+            lines.append(
+                f"| {LABELS[system]} | {_fmt(1000 / rate if rate else None, 0)} | {sum(own.values()):.0f} | {detail}"
+                f" | {_fmt(parts.get('load_generator'), 1)} | {others:.0f} |"
+            )
+        lines.append(
+            "\nIdle CPU (% of one core) with every system loaded and none under load:"
+            f" {_idle(block['idle_cpu_percent'])}."
+        )
     overhead = summary["gateway_overhead_ms"]
     cold = summary["cold_start"]
-    memory = summary.get("memory_mb", {})
     lines += [
         "",
         "## The gateway's own costs (tiny SigLIP2 text embedding)",
         "",
         "| measure | value |",
         "|---|---|",
-        f"| added latency p50, c=1 (HTTP − in-process) | {_fmt(overhead['p50'])} ms{_range(overhead['p50_range'])}"
-        f" ({_fmt(overhead['http_p50_ms'])} vs {_fmt(overhead['in_process_p50_ms'])}) |",
-        f"| added latency p99, c=1 | {_fmt(overhead['p99'])} ms{_range(overhead['p99_range'])}"
-        f" ({_fmt(overhead['http_p99_ms'])} vs {_fmt(overhead['in_process_p99_ms'])}) |",
+        (
+            f"| added latency p50, c=1 (HTTP − in-process) | {_fmt(overhead['p50'])} ms{_range(overhead['p50_range'])}"
+            f" ({_fmt(overhead['http_p50_ms'])} vs {_fmt(overhead['in_process_p50_ms'])}) |"
+        ),
+        (
+            f"| added latency p99, c=1 | {_fmt(overhead['p99'])} ms{_range(overhead['p99_range'])}"
+            f" ({_fmt(overhead['http_p99_ms'])} vs {_fmt(overhead['in_process_p99_ms'])}) |"
+        ),
         f"| added latency p50 with max_batch_size 1 | {_fmt(overhead['unbatched_p50'])} ms |",
-        f"| batching tax p50, c=1 (batched − unbatched) | {_fmt(summary['batching_tax_ms_p50'])} ms"
-        f"{_range(summary['batching_tax_ms_p50_range'])} |",
-        f"| no-op ceiling (tiny text embed, c=32) | {_fmt(summary['gateway_noop_rps'], 0)} req/s"
-        f"{_range(summary['gateway_noop_rps_range'], 0)} |",
+        (
+            f"| batching tax p50, c=1 (batched − unbatched) | {_fmt(summary['batching_tax_ms_p50'])} ms"
+            f"{_range(summary['batching_tax_ms_p50_range'])} |"
+        ),
+        (
+            f"| no-op ceiling (tiny text embed, c=32) | {_fmt(summary['gateway_noop_rps'], 0)} req/s"
+            f"{_range(summary['gateway_noop_rps_range'], 0)} |"
+        ),
         f"| cold start of a zero-replica model: first response | {_fmt(cold['first_response_s'])} s |",
         f"| … of which model load (replica's load_seconds) | {_fmt(cold['model_load_s'])} s |",
         f"| … serving overhead (the rest) | {_fmt(cold['overhead_s'])} s |",
+        f"| idle CPU of the tiny gateway apps (% of one core) | {_idle(summary['tiny_idle_cpu_percent'])} |",
     ]
     noop_cpu = summary["gateway_noop_cpu_ms_per_request"]
     if noop_cpu:
-        detail = ", ".join(f"{part} {value:.2f}" for part, value in sorted(noop_cpu.items(), key=lambda kv: -(kv[1] or 0)) if value)
+        detail = ", ".join(
+            f"{part} {value:.2f}" for part, value in sorted(noop_cpu.items(), key=lambda kv: -(kv[1] or 0)) if value
+        )
         lines.append(f"| CPU ms per request at the no-op ceiling, by process | {detail} |")
-    if memory:
+    for key in workloads:
+        phase = summary[key]["memory_mb"]
         lines.append(
-            f"| memory: gateway stack / whole local stack (RSS, during {memory['measured_during']}) |"
-            f" {_fmt(memory['gateway'], 0)} MB / {_fmt(memory['whole_stack'], 0)} MB |"
+            f"| memory during {key}: gateway stack / whole local stack (RSS) |"
+            f" {_fmt(phase['gateway'], 0)} MB / {_fmt(phase['whole_stack'], 0)} MB |"
         )
     notes = header["plan"].get("notes") or []
     if notes:
@@ -296,10 +346,17 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                     axis.plot(xs, ys, style, color=colors[system], label=label, alpha=1.0 if label else 0.6)
         if block["raw_items_per_s"]:
             throughput_axis.axhline(
-                block["raw_items_per_s"], color=colors["raw"], linestyle=":", label=f"{LABELS['raw']}, batch {block['batch_size']}"
+                block["raw_items_per_s"],
+                color=colors["raw"],
+                linestyle=":",
+                label=f"{LABELS['raw']}, batch {block['batch_size']}",
             )
-        throughput_axis.set(title=f"{key}: throughput", xlabel="concurrency", ylabel="items/s", xscale="log", ylim=(0, None))
-        latency_axis.set(title=f"{key}: latency (p50 solid, p99 dashed)", xlabel="concurrency", ylabel="ms", xscale="log")
+        throughput_axis.set(
+            title=f"{key}: throughput", xlabel="concurrency", ylabel="items/s", xscale="log", ylim=(0, None)
+        )
+        latency_axis.set(
+            title=f"{key}: latency (p50 solid, p99 dashed)", xlabel="concurrency", ylabel="ms", xscale="log"
+        )
         if latency_axis.lines:
             latency_axis.set_yscale("log")
         for axis in row:

@@ -5,16 +5,18 @@
 
 Phases, one after another, on one local Ray (no dashboard) whose HTTP proxy listens on 127.0.0.1:
 
-1. Tiny SigLIP2 (checkpoints/tiny): the gateway's own costs. The cold start of a zero-replica
-   (`coming_soon`) model; then rounds of: the replica's own `predict` called in-process, the same
-   text embedding over HTTP at concurrency 1 with batching on and off, and at concurrency 32.
+1. Tiny SigLIP2 (checkpoints/tiny), three one-model gateway apps (batched, `max_batch_size: 1`,
+   `coming_soon`): the gateway's own costs. The cold start of the zero-replica model; then rounds
+   of: the replica's own `predict` called in-process, the same text embedding over HTTP at
+   concurrency 1 with batching on and off, and at concurrency 32 (the no-op ceiling).
 2. Each real-size workload (`benchmarks.workloads`): the raw model in a plain in-process loop at
    its best batch size (probed among 1, 8 and 16 first); the gateway with that batch size and with
    `max_batch_size: 1` (two apps, each holding only this model); the naive server; LitServe with
    the gateway's batch settings. Every system is started once and reused. Rounds interleave the
    systems (raw, gateway, gateway unbatched, naive, LitServe), one under load at a time, at the
    workload's headline concurrency; ratios are taken within a round and summarised by their median
-   and range. The other concurrencies of the sweep follow the rounds, measured once each.
+   and range. The other concurrencies of the sweep follow the rounds, measured once each. Peer
+   servers not under test are paused (SIGSTOP), so their idle loops never run beside another system.
 
 Every model runs with two torch threads on the machine's cores; the gateway's model replica asks
 Ray for 2 CPUs. Everything started here is stopped on the way out, also after an error.
@@ -34,7 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,18 +45,27 @@ import psutil
 
 from benchmarks import models, report
 from benchmarks.load import LoadGenerator
-from benchmarks.metrics import http_window, percentiles, spread
+from benchmarks.metrics import http_window, percentiles
 from benchmarks.servers import (
     WORK_DIR,
     GatewayStack,
     PeerServer,
+    batch_log_stats,
     cpu_seconds,
     litserve_server,
     naive_server,
     ray_part,
     rss_mb,
 )
-from benchmarks.workloads import BATCH_WAIT_S, CAPTION_TOKENS, PATCHES, WORKLOADS, ModelRunner, Workload, decode_data_url
+from benchmarks.workloads import (
+    BATCH_WAIT_S,
+    CAPTION_TOKENS,
+    PATCHES,
+    WORKLOADS,
+    ModelRunner,
+    Workload,
+    decode_data_url,
+)
 
 logger = logging.getLogger("benchmarks.run")
 
@@ -104,19 +115,38 @@ FULL = Plan(
     tiny_window_s=3.0,
     tiny_in_process_s=2.0,
     workloads=(
-        WorkloadPlan("siglip2_embed", 32, (1, 8, 32), window_s=3.0, warmup_s=0.5, raw_window_s=5.0,
-                     probe_s=2.5, max_window_s=120.0),
-        WorkloadPlan("blip_caption", 8, (1, 8), window_s=2.0, warmup_s=0.0, raw_window_s=5.0,
-                     probe_s=2.0, max_window_s=240.0),
+        WorkloadPlan(
+            "siglip2_embed",
+            32,
+            (1, 8, 32),
+            window_s=3.0,
+            warmup_s=0.5,
+            raw_window_s=5.0,
+            probe_s=2.5,
+            max_window_s=120.0,
+        ),
+        WorkloadPlan(
+            "blip_caption", 8, (1, 8), window_s=2.0, warmup_s=0.0, raw_window_s=5.0, probe_s=2.0, max_window_s=240.0
+        ),
     ),
     budget_s=14 * 60,
     notes=[
-        "BLIP is swept at concurrency 1 and 8 only: on 2 cores one caption takes ~2 s, so at 32 a request"
-        " waits 40-70 s and one such window per system would not fit the 15-minute budget.",
-        "The batch size of the raw loop, the gateway and LitServe is the best of the probed sizes that the"
-        " headline concurrency can fill (all probed sizes are in probe_items_per_s).",
-        "A window measures from the first response after its warm-up until the last request issued in the"
-        " window has answered (see benchmarks/metrics.py); BLIP windows span about one batch period each.",
+        (
+            "BLIP is swept at concurrency 1 and 8 only: on 2 cores one caption takes ~2 s, so at 32 a request"
+            " waits 40-70 s and one such window per system would not fit the 15-minute budget."
+        ),
+        (
+            "The batch size of the raw loop, the gateway and LitServe is the best of the probed sizes that the"
+            " headline concurrency can fill (all probed sizes are in probe_items_per_s)."
+        ),
+        (
+            "A window measures from the first response after its warm-up until the last request issued in the"
+            " window has answered (see benchmarks/metrics.py); BLIP windows span about one batch period each."
+        ),
+        (
+            "Peer servers not under test are paused (SIGSTOP) so their idle loops do not run beside the system"
+            " under test; Ray cannot be paused, its idle CPU is in the 'other processes' column."
+        ),
     ],
 )
 QUICK = Plan(
@@ -124,10 +154,28 @@ QUICK = Plan(
     tiny_window_s=1.0,
     tiny_in_process_s=0.5,
     workloads=(
-        WorkloadPlan("siglip2_embed", 8, (1, 8), window_s=1.0, warmup_s=0.0, raw_window_s=1.0,
-                     probe_s=0.5, max_window_s=60.0, probe_sizes=(1, 8)),
-        WorkloadPlan("blip_caption", 2, (2,), window_s=0.5, warmup_s=0.0, raw_window_s=0.5,
-                     probe_s=0.5, max_window_s=120.0, probe_sizes=(1, 2)),
+        WorkloadPlan(
+            "siglip2_embed",
+            8,
+            (1, 8),
+            window_s=1.0,
+            warmup_s=0.0,
+            raw_window_s=1.0,
+            probe_s=0.5,
+            max_window_s=60.0,
+            probe_sizes=(1, 8),
+        ),
+        WorkloadPlan(
+            "blip_caption",
+            2,
+            (2,),
+            window_s=0.5,
+            warmup_s=0.0,
+            raw_window_s=0.5,
+            probe_s=0.5,
+            max_window_s=120.0,
+            probe_sizes=(1, 2),
+        ),
     ),
     budget_s=8 * 60,
     notes=["--quick: a smoke run with short windows; the numbers are not meant to be compared."],
@@ -146,9 +194,8 @@ class HttpSystem:
 class Benchmark:
     """Holds everything started during a run, so that all of it is stopped at the end."""
 
-    def __init__(self, plan: Plan, results_dir: Path) -> None:
+    def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.results_dir = results_dir
         self.started = time.perf_counter()
         self.exit = contextlib.ExitStack()
         self.loadgen: LoadGenerator | None = None
@@ -166,7 +213,7 @@ class Benchmark:
     # ----- the run -----
 
     def run(self) -> dict[str, Any]:
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         checkpoints = models.build_all()
         with self.exit:
             self.loadgen = LoadGenerator()
@@ -198,26 +245,35 @@ class Benchmark:
         self.apps = {system: f"bench-tiny-{system}" for system in entries}
         try:
             for system, entry in entries.items():
-                self.gateway.deploy(self.apps[system], gateway_args([entry], self.apps[system]), f"/{self.apps[system]}")
+                self.gateway.deploy(
+                    self.apps[system], gateway_args([entry], self.apps[system]), f"/{self.apps[system]}"
+                )
             urls = {system: f"{self.gateway.url}/{app}" for system, app in self.apps.items()}
-            systems = {name: HttpSystem(name, f"{urls[name]}/v1/embeddings") for name in ("gateway", "gateway_unbatched")}
+            systems = {
+                name: HttpSystem(name, f"{urls[name]}/v1/embeddings") for name in ("gateway", "gateway_unbatched")
+            }
             bodies = {name: {"model": entries[name]["id"], "input": TINY_TEXT} for name in systems}
-            for name in systems:
-                self.http_window(systems[name], bodies[name], 8, 0.0, 0.0, 60)
+            for name, system in systems.items():
+                self.http_window(system, bodies[name], 8, 0.0, 0.0, 60)
             cold = self.cold_start(urls["gateway_cold"], self.apps["gateway_cold"], entries["gateway_cold"])
             in_process = Siglip2(entries["gateway"], str(source))
             item = TextsItem([TINY_TEXT])
             rounds = []
             for number in range(self.plan.rounds):
-                in_process_latency = time_calls(lambda: predict_in_process(in_process, item), self.plan.tiny_in_process_s)
+                in_process_latency = time_calls(
+                    lambda: predict_in_process(in_process, item), self.plan.tiny_in_process_s
+                )
                 measured = {"in_process": percentiles(in_process_latency)}
-                for name, key in (("gateway", "http_c1_batched"), ("gateway_unbatched", "http_c1_unbatched")):
+                pairs = [("gateway", "http_c1_batched"), ("gateway_unbatched", "http_c1_unbatched")]
+                for name, key in pairs if number % 2 == 0 else reversed(pairs):
                     measured[key] = self.http_window(systems[name], bodies[name], 1, 0.5, self.plan.tiny_window_s, 60)
                 measured["http_c32_batched"] = self.http_window(
                     systems["gateway"], bodies["gateway"], 32, 0.5, self.plan.tiny_window_s, 60
                 )
                 batched, unbatched, local = (
-                    measured["http_c1_batched"], measured["http_c1_unbatched"], measured["in_process"]
+                    measured["http_c1_batched"],
+                    measured["http_c1_unbatched"],
+                    measured["in_process"],
                 )
                 measured["overhead_p50_ms"] = minus(batched["p50_ms"], local["p50_ms"])
                 measured["overhead_p99_ms"] = minus(batched["p99_ms"], local["p99_ms"])
@@ -285,54 +341,40 @@ class Benchmark:
         batch, probe = probe_batch_sizes(runner, image, wplan.probe_sizes, wplan.probe_s, wplan.headline)
         logger.info("%s: best raw batch size %d (%s)", workload.name, batch, probe)
 
-        startup: dict[str, float] = {}
-        apps = {"gateway": f"bench-{workload.checkpoint}", "gateway_unbatched": f"bench-{workload.checkpoint}-unbatched"}
+        apps = {
+            "gateway": f"bench-{workload.checkpoint}",
+            "gateway_unbatched": f"bench-{workload.checkpoint}-unbatched",
+        }
         self.apps = apps
-        peers: dict[str, PeerServer] = {}
         try:
-            peers["naive"] = naive_server(workload.name, checkpoint, THREADS)
-            peers["litserve"] = litserve_server(workload.name, checkpoint, THREADS, batch, BATCH_WAIT_S)
-            self.peers = peers
-            for system, prefix, size in (("gateway", "/b", batch), ("gateway_unbatched", "/u", 1)):
-                args = gateway_args([workload_entry(workload, checkpoint, size)], apps[system])
-                startup[system] = self.gateway.deploy(apps[system], args, prefix)
-            for name, peer in peers.items():
-                startup[name] = peer.wait_ready()
-            systems = self.http_systems(workload, apps, peers)
+            systems, startup = self.start_systems(workload, checkpoint, batch)
             count_tokens = workload.family == "blip"
             for system in systems.values():
-                self.http_window(system, body, 2, 0.0, 0.0, wplan.max_window_s, count_tokens)
+                self.http_window(system, body, 1, 0.0, 0.0, wplan.max_window_s, count_tokens)
             self.resume_peers()
             memory = self.memory(apps)
             idle = self.idle_cpu(apps)
 
+            def window(name: str, concurrency: int) -> dict[str, Any]:
+                return self.http_window(
+                    systems[name], body, concurrency, wplan.warmup_s, wplan.window_s, wplan.max_window_s, count_tokens
+                )
+
             rounds = []
             for number in range(self.plan.rounds):
-                self.isolate(None)
-                measured = {"raw": raw_window(runner, image, batch, wplan.raw_window_s)}
-                for name in SYSTEMS:
-                    measured[name] = self.http_window(
-                        systems[name], body, wplan.headline, wplan.warmup_s, wplan.window_s, wplan.max_window_s,
-                        count_tokens,
-                    )
+                measured = {"raw": self.raw_window(runner, image, batch, wplan.raw_window_s)}
+                measured.update({name: window(name, wplan.headline) for name in SYSTEMS})
                 log_round(workload.name, number + 1, measured)
                 rounds.append(measured)
             sweep = []
-            for concurrency in wplan.concurrencies:
-                if concurrency == wplan.headline:
-                    continue
+            for concurrency in (c for c in wplan.concurrencies if c != wplan.headline):
                 for name in SYSTEMS:
                     if self.over_budget():
                         logger.warning("over the time budget: skipping %s at concurrency %d", name, concurrency)
-                        continue
-                    sweep.append(
-                        self.http_window(
-                            systems[name], body, concurrency, wplan.warmup_s, wplan.window_s, wplan.max_window_s,
-                            count_tokens,
-                        )
-                    )
+                    else:
+                        sweep.append(window(name, concurrency))
         finally:
-            for peer in peers.values():
+            for peer in self.peers.values():
                 peer.stop()
             self.peers = {}
             self.apps = {}
@@ -355,22 +397,54 @@ class Benchmark:
             "sweep": sweep,
         }
 
-    def http_systems(self, workload: Workload, apps: dict[str, str], peers: dict[str, PeerServer]) -> dict[str, HttpSystem]:
+    def start_systems(
+        self, workload: Workload, checkpoint: Path, batch: int
+    ) -> tuple[dict[str, HttpSystem], dict[str, float]]:
+        """Start the peers and deploy the two gateway apps of `self.apps` (the peers load meanwhile);
+        the systems to measure, and each one's start-up seconds."""
+        assert self.gateway
+        batch_log = WORK_DIR / f"litserve-{workload.name}-batches.txt"
+        batch_log.unlink(missing_ok=True)
+        self.peers["naive"] = naive_server(workload.name, checkpoint, THREADS)
+        self.peers["litserve"] = litserve_server(workload.name, checkpoint, THREADS, batch, BATCH_WAIT_S, batch_log)
+        startup: dict[str, float] = {}
+        for system, prefix, size in (("gateway", "/b", batch), ("gateway_unbatched", "/u", 1)):
+            args = gateway_args([workload_entry(workload, checkpoint, size)], self.apps[system])
+            startup[system] = self.gateway.deploy(self.apps[system], args, prefix)
+        for name, peer in self.peers.items():
+            startup[name] = peer.wait_ready()
+        return self.http_systems(workload, self.apps, self.peers, batch_log), startup
+
+    def http_systems(
+        self, workload: Workload, apps: dict[str, str], peers: dict[str, PeerServer], litserve_batches: Path
+    ) -> dict[str, HttpSystem]:
         assert self.gateway
         name = deployment_name(workload.model_id)
         gateway = self.gateway
         return {
-            "gateway": HttpSystem("gateway", f"{gateway.url}/b{workload.path}", lambda: gateway.stats(apps["gateway"], name)),
+            "gateway": HttpSystem(
+                "gateway", f"{gateway.url}/b{workload.path}", lambda: gateway.stats(apps["gateway"], name)
+            ),
             "gateway_unbatched": HttpSystem(
                 "gateway_unbatched",
                 f"{gateway.url}/u{workload.path}",
                 lambda: gateway.stats(apps["gateway_unbatched"], name),
             ),
             "naive": HttpSystem("naive", f"{peers['naive'].url}{workload.path}"),
-            "litserve": HttpSystem("litserve", f"{peers['litserve'].url}{workload.path}"),
+            "litserve": HttpSystem(
+                "litserve", f"{peers['litserve'].url}{workload.path}", lambda: batch_log_stats(litserve_batches)
+            ),
         }
 
     # ----- measurement windows -----
+
+    def raw_window(self, runner: ModelRunner, image: Any, batch: int, seconds: float) -> dict[str, Any]:
+        """The raw loop with every peer paused, and the CPU time per item of every process meanwhile."""
+        self.isolate(None)
+        cpu_before = self.cpu(self.apps)
+        result = raw_window(runner, image, batch, seconds)
+        result["cpu_ms_per_item"] = cpu_per_item(cpu_before, self.cpu(self.apps), result["items"])
+        return result
 
     def isolate(self, active: str | None) -> None:
         """Resume the peer server named `active` and pause the others, so that no idle peer runs beside
@@ -422,19 +496,18 @@ class Benchmark:
             batches = after["batches"] - before["batches"]
             summary["mean_batch_size"] = (after["items"] - before["items"]) / batches if batches else None
         if cpu_before and summary.get("completed_after_start"):
-            cpu_after = self.cpu(self.apps)
-            items = summary["completed_after_start"]
-            summary["cpu_ms_per_item"] = {
-                part: 1000 * (cpu_after[part] - cpu_before[part]) / items
-                for part in sorted(cpu_before.keys() & cpu_after.keys())
-                if cpu_after[part] - cpu_before[part] > 0.001
-            }
+            summary["cpu_ms_per_item"] = cpu_per_item(cpu_before, self.cpu(self.apps), summary["completed_after_start"])
         if summary["errors"]:
             logger.warning("%s at concurrency %d: %d failed requests", system.name, concurrency, summary["errors"])
         logger.debug(
             "%s c=%d: %.2f items/s, p50 %s ms, batch %s, %d requests in %.1fs",
-            system.name, concurrency, summary["items_per_s"], summary["p50_ms"], summary.get("mean_batch_size"),
-            summary["requests"], summary["elapsed_s"],
+            system.name,
+            concurrency,
+            summary["items_per_s"],
+            summary["p50_ms"],
+            summary.get("mean_batch_size"),
+            summary["requests"],
+            summary["elapsed_s"],
         )
         return {"system": system.name, "concurrency": concurrency, **summary}
 
@@ -475,7 +548,10 @@ class Benchmark:
         before = self.cpu(apps)
         time.sleep(seconds)
         after = self.cpu(apps)
-        idle = {part: round(100 * (after[part] - before[part]) / seconds, 1) for part in sorted(before.keys() & after.keys())}
+        idle = {
+            part: round(100 * (after[part] - before[part]) / seconds, 1)
+            for part in sorted(before.keys() & after.keys())
+        }
         logger.info("idle CPU, %% of a core: %s", idle)
         return idle
 
@@ -556,11 +632,9 @@ def time_calls(call: Callable[[], Any], seconds: float) -> list[float]:
 
 
 def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float) -> dict[str, Any]:
-    """The model in a plain loop: whole batches for at least `seconds` (at least one)."""
+    """The model in a plain loop in this process: whole batches for at least `seconds` (at least one)."""
     images = [image] * batch
     durations = []
-    driver = psutil.Process()
-    cpu_before = cpu_seconds([driver])
     started = time.perf_counter()
     while not durations or time.perf_counter() - started < seconds:
         t = time.perf_counter()
@@ -571,9 +645,18 @@ def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float) -> d
         "system": "raw",
         "batch_size": batch,
         "batches": len(durations),
+        "items": items,
         "items_per_s": items / sum(durations),
-        "cpu_ms_per_item": {"driver": 1000 * (cpu_seconds([driver]) - cpu_before) / items},
         **percentiles(durations),
+    }
+
+
+def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) -> dict[str, float]:
+    """CPU ms per item of each process part between two `Benchmark.cpu` readings."""
+    return {
+        part: 1000 * (after[part] - before[part]) / items
+        for part in sorted(before.keys() & after.keys())
+        if after[part] - before[part] > 0.001
     }
 
 
@@ -619,7 +702,7 @@ def _cpu_model() -> str:
 def _git_commit() -> str | None:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=models.ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=models.ROOT).returncode != 0
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=models.ROOT, check=False).returncode != 0
         return commit + ("-dirty" if dirty else "")
     return None
 
@@ -629,7 +712,7 @@ def header(plan: Plan, started_at: datetime, wall_s: float) -> dict[str, Any]:
     packages = ("torch", "transformers", "ray", "litserve", "fastapi", "uvicorn", "httpx", "starlette", "pydantic")
     return {
         "started_at": started_at.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_time_s": wall_s,
         "machine": {
             "cpu": _cpu_model(),
@@ -664,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "ray", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     plan = QUICK if args.quick else FULL
-    results = Benchmark(plan, args.results).run()
+    results = Benchmark(plan).run()
     summary = report.write(results, args.results)
     print(summary)
     logger.info("wall time %.0fs; results in %s", results["header"]["wall_time_s"], args.results)

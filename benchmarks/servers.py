@@ -118,19 +118,34 @@ def naive_server(workload: str, checkpoint: Path, threads: int) -> PeerServer:
     )
 
 
-def litserve_server(workload: str, checkpoint: Path, threads: int, max_batch_size: int, batch_wait_s: float) -> PeerServer:
+def litserve_server(
+    workload: str, checkpoint: Path, threads: int, max_batch_size: int, batch_wait_s: float, batch_log: Path
+) -> PeerServer:
     return PeerServer(
         "litserve",
         "benchmarks.peers.litserve_server",
         [
-            "--workload", workload,
-            "--checkpoint", str(checkpoint),
-            "--threads", str(threads),
-            "--max-batch-size", str(max_batch_size),
-            "--batch-timeout", str(batch_wait_s),
+            "--workload",
+            workload,
+            "--checkpoint",
+            str(checkpoint),
+            "--threads",
+            str(threads),
+            "--max-batch-size",
+            str(max_batch_size),
+            "--batch-timeout",
+            str(batch_wait_s),
+            "--batch-log",
+            str(batch_log),
         ],
         free_port(),
     )
+
+
+def batch_log_stats(path: Path) -> dict[str, int]:
+    """Batches and items so far in a batch log (one batch size a line), in the shape of the replica's stats()."""
+    sizes = [int(line) for line in path.read_text().split()] if path.exists() else []
+    return {"batches": len(sizes), "items": sum(sizes)}
 
 
 class GatewayStack:
@@ -223,7 +238,7 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def rss_mb(processes: list[psutil.Process]) -> float:
-    """Summed resident set size in MB (shared pages count once per process)."""
+    """Summed resident set size in MB (pages shared between processes are counted in each)."""
     total = 0
     for process in processes:
         try:

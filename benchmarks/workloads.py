@@ -50,7 +50,8 @@ class Workload:
         if self.family == "siglip2":
             return {"model": self.model_id, "input": image_url, "modality": "image"}
         content = [{"type": "image_url", "image_url": {"url": image_url}}]
-        return {"model": self.model_id, "messages": [{"role": "user", "content": content}], "max_tokens": CAPTION_TOKENS}
+        messages = [{"role": "user", "content": content}]
+        return {"model": self.model_id, "messages": messages, "max_tokens": CAPTION_TOKENS}
 
     def image_url(self) -> str:
         """The workload's image as a data: URL (a deterministic, photo-like JPEG)."""
@@ -71,7 +72,8 @@ def sample_jpeg(side: int, seed: int = 0) -> bytes:
     """A square JPEG with smooth gradients and noise, so decoding costs what a photo costs."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, side, dtype=np.float32)
-    pixels = np.stack([ramp[None, :].repeat(side, 0), ramp[:, None].repeat(side, 1), ramp[::-1][None, :].repeat(side, 0)], -1)
+    channels = [ramp[None, :].repeat(side, 0), ramp[:, None].repeat(side, 1), ramp[::-1][None, :].repeat(side, 0)]
+    pixels = np.stack(channels, -1)
     pixels = np.clip(pixels + rng.normal(0, 24, pixels.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 import uvicorn
-from fastapi import Body, FastAPI
+from fastapi import FastAPI
 
 from benchmarks.workloads import WORKLOADS, ModelRunner, Workload, request_image, response_body
 
@@ -31,7 +31,7 @@ def create_app(workload: Workload, runner: ModelRunner) -> FastAPI:
         return {"status": "ok"}
 
     @app.post(workload.path)
-    def predict(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    def predict(body: dict[str, Any]) -> dict[str, Any]:
         image = request_image(workload, body)
         with lock:
             result = runner.run([image])[0]
