@@ -55,11 +55,13 @@ class Blip(VisionModel):
             **inputs, max_new_tokens=first.max_new_tokens, num_beams=first.num_beams, do_sample=False
         )
         prompt_tokens = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
+        # Without a prefix the output still starts with the decoder's start token: not generated.
+        first_new = prompt_tokens or 1
         texts = self.processor.batch_decode(generated, skip_special_tokens=True)
         pad = self.processor.tokenizer.pad_token_id
         results = []
         for sequence, text in zip(generated.tolist(), texts):
-            produced = [t for t in sequence[prompt_tokens:] if t != pad]
+            produced = [t for t in sequence[first_new:] if t != pad]
             caption = text.strip()
             results.append(
                 {
