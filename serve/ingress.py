@@ -104,6 +104,9 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 # request the full queue rejected during a cold start is sent again.
 STATE_POLL_S = 1.0
 COLD_QUEUE_RETRY_S = 0.5
+# The oldest read of Serve's status a request uses without waiting for a new one. Models go back to
+# zero only after minutes idle, so a read this young still says whether the request is a cold start.
+STALE_READ_S = 5.0
 
 
 def _replica_guard() -> Guard | None:
@@ -134,7 +137,9 @@ class ModelStates:
     async def describe(self, deployment: str, fresh: bool = True) -> tuple[int, str, str | None]:
         """(running replicas, state, reason): the reason is Serve's status message while the model is not ready.
 
-        `fresh=False` accepts a read up to one refresh older than `cache_s`, never waiting for Serve.
+        `fresh=False` accepts a read up to `STALE_READ_S` old and refreshes it in the background,
+        so a request under steady traffic never waits for Serve; an older read (the first request
+        after a quiet spell, when the model may have gone back to zero) is refreshed first.
         """
         await self._refresh(wait=fresh)
         overview = self._deployments.get(deployment)
@@ -164,7 +169,7 @@ class ModelStates:
     async def _refresh(self, wait: bool = True) -> None:
         if time.monotonic() - self._read_at < self.cache_s:
             return
-        if not wait and self._read_at:
+        if not wait and self._read_at and time.monotonic() - self._read_at < STALE_READ_S:
             # On the request path a read that is a little old will do: refresh in the background
             # instead of making this request wait for Serve's status (tens of ms).
             if self._background is None or self._background.done():

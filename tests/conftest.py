@@ -12,16 +12,13 @@ import pytest
 
 from tests.elastic_config import apply_elastic_overrides
 from tests.hardening_apps import faults, guarded  # noqa: F401  (session fixtures: extra Serve apps)
-from tests.helpers import ROOT, data_url, local_args, png_bytes
+from tests.helpers import APP_NAME, ROOT, data_url, local_args, png_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray then binds its processes to 127.0.0.1, not to the machine's network address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-APP_NAME = "gigarouter"
-
 
 @pytest.fixture(scope="session")
 def checkpoints() -> Path:

@@ -20,6 +20,8 @@ def local_args() -> dict[str, Any]:
     return config["applications"][0]["args"]
 
 
+APP_NAME = "gigarouter"
+"""The Serve application name of the session's gateway (tests/conftest.py)."""
 FLORENCE_LARGE = "microsoft/Florence-2-large"
 FLORENCE_BASE = "microsoft/Florence-2-base"
 KOSMOS = "microsoft/kosmos-2-patch14-224"

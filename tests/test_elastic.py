@@ -12,9 +12,14 @@ import time
 from collections.abc import Callable
 
 import httpx
+from ray import serve
 
+from serve.config import slug
+from serve.ingress import STALE_READ_S
 from tests.elastic_config import ELASTIC_MODEL, UNPLACEABLE, UNPLACEABLE_PREWARM, UNPLACEABLE_TIMEOUT_S
-from tests.helpers import FLORENCE_LARGE, assert_error, chat
+from tests.helpers import APP_NAME, FLORENCE_LARGE, assert_error, chat
+
+ELASTIC_DEPLOYMENT = slug(ELASTIC_MODEL)
 
 
 def card(client: httpx.Client, model_id: str) -> dict:
@@ -59,6 +64,30 @@ def test_scale_to_zero_and_back(client, image_url):
     print(
         f"\n{ELASTIC_MODEL}: cold request {cold_start_s:.1f} s, back to zero {time.monotonic() - idle_from:.1f} s after idle"
     )
+
+
+def test_first_request_after_a_quiet_spell_is_a_cold_start(client, image_url):
+    """Nothing asks the gateway about the model while it goes back to zero: its last read of
+    Serve's status says ready, and the next request must still be served and marked cold."""
+    wait_for(client, ELASTIC_MODEL, is_cold, "cold", 60)
+    warm_up = client.post("/v1/chat/completions", json=chat(ELASTIC_MODEL, "<CAPTION>", image_url, max_tokens=8))
+    assert warm_up.status_code == 200, warm_up.text
+    ready = client.post("/v1/chat/completions", json=chat(ELASTIC_MODEL, "<CAPTION>", image_url, max_tokens=8))
+    assert ready.status_code == 200 and "x-cold-start" not in ready.headers
+    quiet_from = time.monotonic()
+    deadline = quiet_from + 60
+    while running_replicas(ELASTIC_DEPLOYMENT) > 0:  # Serve's own status, not the gateway's
+        assert time.monotonic() < deadline, "the elastic model did not go back to zero within 60 s"
+        time.sleep(0.5)
+    time.sleep(max(0.0, STALE_READ_S - (time.monotonic() - quiet_from)))
+    after = client.post("/v1/chat/completions", json=chat(ELASTIC_MODEL, "<CAPTION>", image_url, max_tokens=8))
+    assert after.status_code == 200, after.text
+    assert after.headers.get("x-cold-start") == "true"
+
+
+def running_replicas(deployment: str) -> int:
+    status = serve.status().applications[APP_NAME].deployments[deployment]
+    return sum(n for state, n in status.replica_states.items() if getattr(state, "value", str(state)) == "RUNNING")
 
 
 def test_burst_from_zero_loses_nothing(client, gateway, image_url):
