@@ -152,6 +152,8 @@ class VisionModel:
             "items": self.items_run,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         }
 
     # ----- helpers for families -----

@@ -62,6 +62,26 @@ SCALE_TO_ZERO_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Ray Serve settings of every replica this app deploys (ingress and models), read by Serve as the
+# replica starts. Each thread hop on the request path and each log line written per request costs
+# CPU that a small machine's model needs (benchmarks/README.md has the measurements). A value set
+# under `ray_actor_options.runtime_env.env_vars` of a deployment wins over these.
+REPLICA_ENV: dict[str, str] = {
+    # user code and the handle's router run on the replica's own event loop, not in extra threads
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # request-path (access) log lines are written in batches; errors are flushed at once
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
+
+def with_env(ray_actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """`ray_actor_options` whose runtime_env also sets `env`; variables already set there win."""
+    runtime_env = dict(ray_actor_options.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+    return {**ray_actor_options, "runtime_env": runtime_env}
+
+
 class DemandPolicy(Strict):
     """Opt-in demand-aware autoscaling (`serve.autoscaling.DemandAwarePolicy`) for an autoscaled model.
 
@@ -127,6 +147,11 @@ class ModelSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1)
+    cpu_thread_wait: Literal["passive", "active"] = Field(
+        "passive",
+        description="what idle torch CPU threads do between operations (OMP_WAIT_POLICY): passive threads sleep"
+        " and leave the cores to the ingress and proxy; active threads spin, for a machine that runs only the model",
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     batching: BatchConfig = Field(default_factory=BatchConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific settings")
@@ -180,7 +205,9 @@ class ModelSpec(Strict):
             "name": self.deployment_name,
             "max_ongoing_requests": dep.max_ongoing_requests,
             "max_queued_requests": dep.max_queued_requests,
-            "ray_actor_options": dep.ray_actor_options,
+            "ray_actor_options": with_env(
+                dep.ray_actor_options, {**REPLICA_ENV, "OMP_WAIT_POLICY": self.cpu_thread_wait.upper()}
+            ),
             "user_config": self.batching.model_dump(),
         }
         if dep.num_replicas is not None:
@@ -234,7 +261,7 @@ class GatewayConfig(Strict):
         """The keyword arguments of `Deployment.options` for the ingress."""
         return {
             "num_replicas": self.num_replicas,
-            "ray_actor_options": self.ray_actor_options,
+            "ray_actor_options": with_env(self.ray_actor_options, REPLICA_ENV),
             "max_ongoing_requests": self.max_ongoing_requests,
         }
 

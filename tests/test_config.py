@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve.config import AppArgs, ModelSpec, slug
+from serve.config import REPLICA_ENV, AppArgs, GatewayConfig, ModelSpec, slug
 from tests.helpers import ROOT, local_args
 
 PRODUCTION_CONFIG = ROOT / "serve" / "configs" / "production.yaml"
@@ -99,3 +99,27 @@ def test_local_sources_resolve_to_absolute_paths(tmp_path):
     args = AppArgs.model_validate({"models": [{"id": "a/b", "source": "blip", "family": "blip"}], "checkpoint_dir": str(tmp_path)})
     assert args.resolve_source("blip") == str((tmp_path / "blip").resolve())
     assert args.resolve_source("Salesforce/blip-image-captioning-base") == "Salesforce/blip-image-captioning-base"
+
+
+def test_replicas_get_the_serving_path_environment():
+    options = spec().serve_options()
+    env = options["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert {k: env[k] for k in REPLICA_ENV} == REPLICA_ENV
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert options["ray_actor_options"]["num_cpus"] == 1
+    ingress_env = GatewayConfig().serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert ingress_env == REPLICA_ENV
+
+
+def test_environment_set_by_the_operator_wins():
+    own = {"num_cpus": 2, "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "ACTIVE", "X": "1"}, "pip": ["a"]}}
+    options = spec(cpu_thread_wait="passive", deployment={"ray_actor_options": own}).serve_options()
+    runtime_env = options["ray_actor_options"]["runtime_env"]
+    assert runtime_env["env_vars"]["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert runtime_env["env_vars"]["X"] == "1"
+    assert runtime_env["pip"] == ["a"]
+    assert runtime_env["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
+    assert own["runtime_env"]["env_vars"] == {"OMP_WAIT_POLICY": "ACTIVE", "X": "1"}, "the spec is not modified"
+    assert spec(cpu_thread_wait="active").serve_options()["ray_actor_options"]["runtime_env"]["env_vars"][
+        "OMP_WAIT_POLICY"
+    ] == "ACTIVE"

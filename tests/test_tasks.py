@@ -212,3 +212,9 @@ def test_concurrent_requests_share_model_runs(client, image_url):
     after = florence.stats.remote().result(timeout_s=30)
     items, runs = after["items"] - before["items"], after["batches"] - before["batches"]
     assert items == 16 and runs < items  # some requests ran together in one forward pass
+
+
+def test_model_replicas_run_with_the_configured_threads_and_wait_policy():
+    stats = serve.get_deployment_handle("florence-2-large", app_name="gigarouter").stats.remote().result(timeout_s=30)
+    assert stats["omp_wait_policy"] == "PASSIVE"
+    assert stats["torch_threads"] >= 1
