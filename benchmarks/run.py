@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import logging
 import platform
 import signal
@@ -35,7 +36,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -741,13 +742,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short windows: a smoke run, not a measurement")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every measurement window")
     parser.add_argument("--results", type=Path, default=report.RESULTS_DIR, help="where latest.{json,md,png} go")
+    parser.add_argument(
+        "--tiny-only",
+        action="store_true",
+        help="only the gateway's own costs (tiny model: overhead, ceiling, batching tax, cold start); prints JSON, writes nothing",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("benchmarks").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("httpx", "ray", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     plan = QUICK if args.quick else FULL
+    if args.tiny_only:
+        plan = replace(plan, workloads=())
     results = Benchmark(plan).run()
+    if args.tiny_only:
+        print(json.dumps(report.tiny_summary(results["tiny"]), indent=2))
+        return 0
     summary = report.write(results, args.results)
     print(summary)
     logger.info("wall time %.0fs; results in %s", results["header"]["wall_time_s"], args.results)

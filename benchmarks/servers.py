@@ -23,6 +23,10 @@ WORK_DIR = ROOT / "benchmarks" / "work"
 ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def _serve_env() -> dict[str, str]:
+    return dict(item.split("=", 1) for item in os.environ.get("BENCH_SERVE_ENV", "").split())
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
@@ -164,7 +168,7 @@ class GatewayStack:
             include_dashboard=False,
             log_to_driver=False,
             logging_level="WARNING",
-            runtime_env={"env_vars": dict(ENV_VARS)},
+            runtime_env={"env_vars": {**ENV_VARS, **_serve_env()}},
         )
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         logger.info("Ray Serve up, HTTP on %s", self.url)

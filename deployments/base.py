@@ -64,7 +64,8 @@ class VisionModel:
         self.metrics = ModelMetrics(self.spec.id)
         self.metrics.replica_starts.inc()
         self.metrics.load.observe(self.load_seconds)
-        self._coalescer = Coalescer(self._run_model, BatchConfig().max_batch_size)
+        defaults = BatchConfig()
+        self._coalescer = Coalescer(self._run_model, defaults.max_batch_size, defaults.fill_wait_ratio)
         logger.info(
             "loaded %s (%s) from %s on %s/%s in %.2fs",
             self.spec.id, self.family, self.source, self.device, self.dtype, self.load_seconds,
@@ -92,6 +93,7 @@ class VisionModel:
         self._run_batch.set_max_batch_size(config.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._coalescer.max_items = config.max_batch_size
+        self._coalescer.fill_wait_ratio = config.fill_wait_ratio
         logger.info("%s batching: %s", self.spec.id, config.model_dump())
 
     async def submit(self, item: Any) -> Any:

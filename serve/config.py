@@ -26,6 +26,13 @@ class BatchConfig(Strict):
 
     max_batch_size: int = Field(8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.0, ge=0, le=5, description="extra wait for a batch to fill; 0 batches what queued while the model ran")
+    fill_wait_ratio: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="before a batch that is not full, wait for more requests for at most this fraction of the"
+        " previous model run's duration (0: never wait)",
+    )
 
 
 class GenerationConfig(Strict):
