@@ -61,6 +61,7 @@ from benchmarks.servers import (
 from benchmarks.workloads import (
     BATCH_WAIT_S,
     CAPTION_TOKENS,
+    FILL_WAIT_RATIO,
     PATCHES,
     WORKLOADS,
     ModelRunner,
@@ -195,8 +196,9 @@ class HttpSystem:
 class Benchmark:
     """Holds everything started during a run, so that all of it is stopped at the end."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, ray_env: dict[str, str] | None = None) -> None:
         self.plan = plan
+        self.ray_env = ray_env or {}
         self.started = time.perf_counter()
         self.exit = contextlib.ExitStack()
         self.loadgen: LoadGenerator | None = None
@@ -219,14 +221,14 @@ class Benchmark:
         with self.exit:
             self.loadgen = LoadGenerator()
             self.exit.callback(self.loadgen.close)
-            self.gateway = GatewayStack(num_cpus=8)
+            self.gateway = GatewayStack(num_cpus=8, env=self.ray_env)
             self.exit.callback(self.gateway.shutdown)
             # After ray.init, which installs a SIGTERM handler that ends the process without cleanup.
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
             results: dict[str, Any] = {"tiny": self.measure_tiny()}
             for workload_plan in self.plan.workloads:
                 results[workload_plan.workload] = self.measure_workload(workload_plan, checkpoints)
-        results["header"] = header(self.plan, started_at, self.elapsed())
+        results["header"] = header(self.plan, started_at, self.elapsed(), self.ray_env)
         return results
 
     # ----- the gateway's own costs, with the tiny model -----
@@ -348,7 +350,10 @@ class Benchmark:
         }
         self.apps = apps
         try:
-            systems, startup = self.start_systems(workload, checkpoint, batch)
+            # LitServe has a fixed batch timeout, not a share of the last run: it gets the wait the
+            # gateway's fill_wait_ratio gives one raw batch of this workload.
+            litserve_wait = FILL_WAIT_RATIO * batch / probe[batch]
+            systems, startup = self.start_systems(workload, checkpoint, batch, litserve_wait)
             count_tokens = workload.family == "blip"
             for system in systems.values():
                 self.http_window(system, body, 1, 0.0, 0.0, wplan.max_window_s, count_tokens)
@@ -392,6 +397,7 @@ class Benchmark:
             "probe_items_per_s": probe,
             "headline_concurrency": wplan.headline,
             "startup_s": startup,
+            "litserve_batch_timeout_s": litserve_wait,
             "memory_mb": memory,
             "idle_cpu_percent": idle,
             "rounds": rounds,
@@ -399,7 +405,7 @@ class Benchmark:
         }
 
     def start_systems(
-        self, workload: Workload, checkpoint: Path, batch: int
+        self, workload: Workload, checkpoint: Path, batch: int, litserve_wait_s: float
     ) -> tuple[dict[str, HttpSystem], dict[str, float]]:
         """Start the peers and deploy the two gateway apps of `self.apps` (the peers load meanwhile);
         the systems to measure, and each one's start-up seconds."""
@@ -407,7 +413,9 @@ class Benchmark:
         batch_log = WORK_DIR / f"litserve-{workload.name}-batches.txt"
         batch_log.unlink(missing_ok=True)
         self.peers["naive"] = naive_server(workload.name, checkpoint, THREADS)
-        self.peers["litserve"] = litserve_server(workload.name, checkpoint, THREADS, batch, BATCH_WAIT_S, batch_log)
+        self.peers["litserve"] = litserve_server(
+            workload.name, checkpoint, THREADS, batch, litserve_wait_s, batch_log
+        )
         startup: dict[str, float] = {}
         for system, prefix, size in (("gateway", "/b", batch), ("gateway_unbatched", "/u", 1)):
             args = gateway_args([workload_entry(workload, checkpoint, size)], self.apps[system])
@@ -708,7 +716,7 @@ def _git_commit() -> str | None:
     return None
 
 
-def header(plan: Plan, started_at: datetime, wall_s: float) -> dict[str, Any]:
+def header(plan: Plan, started_at: datetime, wall_s: float, ray_env: dict[str, str]) -> dict[str, Any]:
     """Machine, time and versions of this run."""
     packages = ("torch", "transformers", "ray", "litserve", "fastapi", "uvicorn", "httpx", "starlette", "pydantic")
     return {
@@ -726,8 +734,10 @@ def header(plan: Plan, started_at: datetime, wall_s: float) -> dict[str, Any]:
         "versions": {package: _version(package) for package in packages},
         "git_commit": _git_commit(),
         "plan": asdict(plan),
+        "ray_env": ray_env,
         "threads_per_system": THREADS,
         "batch_wait_s": BATCH_WAIT_S,
+        "fill_wait_ratio": FILL_WAIT_RATIO,
         "caption_tokens": CAPTION_TOKENS,
         "siglip2_patches": PATCHES,
     }
@@ -747,7 +757,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the gateway's own costs (tiny model: overhead, ceiling, batching tax, cold start); prints JSON, writes nothing",
     )
+    parser.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the Ray workers, e.g. a Serve setting to compare (repeatable)",
+    )
     args = parser.parse_args(argv)
+    ray_env = dict(item.split("=", 1) for item in args.ray_env)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("benchmarks").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("httpx", "ray", "transformers"):
@@ -755,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.tiny_only:
         plan = replace(plan, workloads=())
-    results = Benchmark(plan).run()
+    results = Benchmark(plan, ray_env).run()
     if args.tiny_only:
         print(json.dumps(report.tiny_summary(results["tiny"]), indent=2))
         return 0

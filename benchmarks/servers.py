@@ -23,10 +23,6 @@ WORK_DIR = ROOT / "benchmarks" / "work"
 ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _serve_env() -> dict[str, str]:
-    return dict(item.split("=", 1) for item in os.environ.get("BENCH_SERVE_ENV", "").split())
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
@@ -155,7 +151,8 @@ def batch_log_stats(path: Path) -> dict[str, int]:
 class GatewayStack:
     """A local Ray (no dashboard) with Serve's HTTP proxy on 127.0.0.1; gateway apps come and go."""
 
-    def __init__(self, num_cpus: int = 8) -> None:
+    def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None) -> None:
+        """`env`: extra environment of every Ray worker (e.g. Serve settings to compare)."""
         import ray
         from ray import serve
 
@@ -168,7 +165,7 @@ class GatewayStack:
             include_dashboard=False,
             log_to_driver=False,
             logging_level="WARNING",
-            runtime_env={"env_vars": {**ENV_VARS, **_serve_env()}},
+            runtime_env={"env_vars": {**ENV_VARS, **(env or {})}},
         )
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         logger.info("Ray Serve up, HTTP on %s", self.url)
