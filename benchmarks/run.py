@@ -606,7 +606,8 @@ def workload_entry(workload: Workload, checkpoint: Path, max_batch_size: int) ->
 
 
 def tiny_entry(model_id: str, source: Path, max_batch_size: int, status: str) -> dict[str, Any]:
-    return _entry(model_id, source, "siglip2", max_batch_size, status)
+    """A tiny SigLIP2 entry, set up as serve/configs/local.yaml sets up tiny models (idle threads sleep)."""
+    return {**_entry(model_id, source, "siglip2", max_batch_size, status), "cpu_thread_wait": "passive"}
 
 
 def deployment_name(model_id: str) -> str:

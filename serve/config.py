@@ -154,10 +154,11 @@ class ModelSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1)
-    cpu_thread_wait: Literal["passive", "active"] = Field(
-        "passive",
-        description="what idle torch CPU threads do between operations (OMP_WAIT_POLICY): passive threads sleep"
-        " and leave the cores to the ingress and proxy; active threads spin, for a machine that runs only the model",
+    cpu_thread_wait: Literal["spin", "passive"] = Field(
+        "spin",
+        description="what idle torch CPU threads do between operations: spin briefly, then sleep (OpenMP's"
+        " default, best for real-size models), or sleep at once (OMP_WAIT_POLICY=PASSIVE: for models whose"
+        " forward takes milliseconds, so spinning threads do not take the cores from the ingress and proxy)",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     batching: BatchConfig = Field(default_factory=BatchConfig)
@@ -198,6 +199,11 @@ class ModelSpec(Strict):
         return self
 
     @property
+    def thread_env(self) -> dict[str, str]:
+        # Only "passive" sets anything: OMP_WAIT_POLICY=ACTIVE would make idle threads spin for minutes.
+        return {"OMP_WAIT_POLICY": "PASSIVE"} if self.cpu_thread_wait == "passive" else {}
+
+    @property
     def min_replicas(self) -> int:
         if self.deployment.num_replicas is not None:
             return self.deployment.num_replicas
@@ -212,9 +218,7 @@ class ModelSpec(Strict):
             "name": self.deployment_name,
             "max_ongoing_requests": dep.max_ongoing_requests,
             "max_queued_requests": dep.max_queued_requests,
-            "ray_actor_options": with_env(
-                dep.ray_actor_options, {**REPLICA_ENV, "OMP_WAIT_POLICY": self.cpu_thread_wait.upper()}
-            ),
+            "ray_actor_options": with_env(dep.ray_actor_options, {**REPLICA_ENV, **self.thread_env}),
             "user_config": self.batching.model_dump(),
         }
         if dep.num_replicas is not None:

@@ -104,11 +104,14 @@ def test_local_sources_resolve_to_absolute_paths(tmp_path):
 def test_replicas_get_the_serving_path_environment():
     options = spec().serve_options()
     env = options["ray_actor_options"]["runtime_env"]["env_vars"]
-    assert {k: env[k] for k in REPLICA_ENV} == REPLICA_ENV
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env == REPLICA_ENV, "by default torch threads keep OpenMP's own wait policy"
     assert options["ray_actor_options"]["num_cpus"] == 1
+    passive = spec(cpu_thread_wait="passive").serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert passive == {**REPLICA_ENV, "OMP_WAIT_POLICY": "PASSIVE"}
     ingress_env = GatewayConfig().serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
     assert ingress_env == REPLICA_ENV
+    with pytest.raises(ValidationError):
+        spec(cpu_thread_wait="active")
 
 
 def test_environment_set_by_the_operator_wins():
@@ -120,6 +123,3 @@ def test_environment_set_by_the_operator_wins():
     assert runtime_env["pip"] == ["a"]
     assert runtime_env["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
     assert own["runtime_env"]["env_vars"] == {"OMP_WAIT_POLICY": "ACTIVE", "X": "1"}, "the spec is not modified"
-    assert spec(cpu_thread_wait="active").serve_options()["ray_actor_options"]["runtime_env"]["env_vars"][
-        "OMP_WAIT_POLICY"
-    ] == "ACTIVE"

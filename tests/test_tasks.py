@@ -216,5 +216,5 @@ def test_concurrent_requests_share_model_runs(client, image_url):
 
 def test_model_replicas_run_with_the_configured_threads_and_wait_policy():
     stats = serve.get_deployment_handle("florence-2-large", app_name="gigarouter").stats.remote().result(timeout_s=30)
-    assert stats["omp_wait_policy"] == "PASSIVE"
+    assert stats["omp_wait_policy"] == "PASSIVE"  # cpu_thread_wait: passive in local.yaml
     assert stats["torch_threads"] >= 1
