@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -61,7 +62,7 @@ from serve.protocol import (
     checked_region,
     encode_vector,
 )
-from serve.validation import validation_error
+from serve.validation import document_error_envelope, validation_error
 
 logger = logging.getLogger("gigarouter.ingress")
 
@@ -70,6 +71,17 @@ app = FastAPI(
     description="OpenAI-compatible gateway for open vision models on Ray Serve.",
     version="0.1.0",
 )
+
+
+def _openapi() -> dict[str, Any]:
+    if app.openapi_schema is None:
+        app.openapi_schema = document_error_envelope(
+            get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        )
+    return app.openapi_schema
+
+
+app.openapi = _openapi
 
 
 def error_response(error: APIError) -> JSONResponse:

@@ -58,3 +58,44 @@ def _param(loc: tuple[Any, ...], body: Any) -> tuple[str | None, int]:
             parts.append(f".{step}")  # a missing field
         # else: a union branch or discriminator tag, not a place in the client's JSON
     return ("".join(parts).lstrip(".") or None), depth
+
+
+def document_error_envelope(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI schema whose invalid-request responses are what the gateway sends: 400 with the error envelope.
+
+    FastAPI documents validation failures as 422 with its own body; the handlers here answer 400
+    in the OpenAI envelope instead, so clients and schema-driven tools read the real contract.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    components["ErrorResponse"] = ERROR_RESPONSE_SCHEMA
+    error = {
+        "description": "Invalid request (OpenAI error envelope; `param` names the offending field)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", error)
+    return schema
+
+
+ERROR_RESPONSE_SCHEMA: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "code": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            },
+        }
+    },
+}

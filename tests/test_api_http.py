@@ -47,6 +47,14 @@ def test_model_card_and_openapi(client):
     assert_error(client.get("/v1/models/acme/nope"), 404, "model")
     spec = client.get("/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/embeddings" in spec["paths"]
+    chat_responses = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "422" not in chat_responses, "validation errors are answered with 400, and documented so"
+    assert chat_responses["400"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorResponse"
+    assert not any("422" in op["responses"] for path in spec["paths"].values() for op in path.values())
+    envelope = spec["components"]["schemas"]["ErrorResponse"]["properties"]["error"]
+    assert set(envelope["required"]) == {"message", "type", "param", "code"}
+    invalid = client.post("/v1/chat/completions", json={"model": FLORENCE_LARGE})
+    assert invalid.status_code == 400 and set(invalid.json()["error"]) == set(envelope["required"])
     assert client.get("/docs").status_code == 200
 
 
