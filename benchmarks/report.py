@@ -96,6 +96,7 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     summary["probe_items_per_s"] = measured["probe_items_per_s"]
     summary["rounds"] = rounds
     summary["sweep"] = measured["sweep"]
+    summary["skipped_windows"] = measured.get("skipped_windows", [])
     return summary
 
 
@@ -246,6 +247,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"\nCompletion tokens reported per caption: {seen}.")
         if block["failed_requests"]:
             lines.append(f"\n**{block['failed_requests']} requests failed.**")
+        if block["skipped_windows"]:
+            lines.append(f"\nNot measured (over the time budget): {', '.join(block['skipped_windows'])}.")
     for key in workloads:
         block = summary[key]
         lines += [

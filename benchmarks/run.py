@@ -344,6 +344,7 @@ class Benchmark:
         batch, probe = probe_batch_sizes(runner, image, wplan.probe_sizes, wplan.probe_s, wplan.headline)
         logger.info("%s: best raw batch size %d (%s)", workload.name, batch, probe)
 
+        skipped: list[str] = []
         apps = {
             "gateway": f"bench-{workload.checkpoint}",
             "gateway_unbatched": f"bench-{workload.checkpoint}-unbatched",
@@ -377,6 +378,7 @@ class Benchmark:
                 for name in SYSTEMS:
                     if self.over_budget():
                         logger.warning("over the time budget: skipping %s at concurrency %d", name, concurrency)
+                        skipped.append(f"{name} at concurrency {concurrency}")
                     else:
                         sweep.append(window(name, concurrency))
         finally:
@@ -402,6 +404,7 @@ class Benchmark:
             "idle_cpu_percent": idle,
             "rounds": rounds,
             "sweep": sweep,
+            "skipped_windows": skipped,
         }
 
     def start_systems(
@@ -712,7 +715,9 @@ def _cpu_model() -> str:
 def _git_commit() -> str | None:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=models.ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=models.ROOT, check=False).returncode != 0
+        # The results of an earlier run are not a change to what is measured.
+        changed = ["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"]
+        dirty = subprocess.run(changed, cwd=models.ROOT, check=False).returncode != 0
         return commit + ("-dirty" if dirty else "")
     return None
 
