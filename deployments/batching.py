@@ -9,8 +9,8 @@ model was busy into the next model run, capped at `max_items`.
 Clients that were answered by one run send their next requests a few milliseconds apart, so the
 first of them would start a run alone and the others would wait a whole run behind it. Before a
 run that is not full, the coalescer therefore waits for more items, at most `fill_wait_ratio` of
-the previous run's duration: a bounded share of a slow model's run (2 s captions: tens of ms) and
-next to nothing for a fast one, so low load pays no fixed wait.
+the previous run's duration: a bounded share of a slow model's run (a 2 s caption batch: ~100 ms
+at the default 5 %) and next to nothing for a fast one, so low load pays no fixed wait.
 """
 
 from __future__ import annotations
