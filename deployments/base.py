@@ -185,10 +185,7 @@ class VisionModel:
         gen = self.spec.generation
         tokens = max_new_tokens or gen.max_new_tokens
         beams = num_beams or gen.num_beams
-        if tokens > gen.max_new_tokens_cap:
-            raise bad_request(f"max_tokens must be at most {gen.max_new_tokens_cap}", param="max_tokens")
-        if beams > gen.num_beams_cap:
-            raise bad_request(f"num_beams must be at most {gen.num_beams_cap}", param="num_beams")
+        gen.check(tokens, beams)
         return tokens, beams
 
     def to_device(self, batch: Any) -> Any:

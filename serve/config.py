@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.auth import AuthConfig
 from serve.catalog import FAMILY_TASKS
+from serve.errors import bad_request
 from serve.images import ImageLimits
 from serve.limits import RateLimitConfig
 
@@ -42,6 +43,13 @@ class GenerationConfig(Strict):
     num_beams: int = Field(1, ge=1)
     max_new_tokens_cap: int = Field(1024, ge=1)
     num_beams_cap: int = Field(5, ge=1)
+
+    def check(self, max_new_tokens: int | None, num_beams: int | None, tokens_param: str = "max_tokens") -> None:
+        """A 400 naming the setting a request asks above its cap; unset settings pass."""
+        if max_new_tokens is not None and max_new_tokens > self.max_new_tokens_cap:
+            raise bad_request(f"{tokens_param} must be at most {self.max_new_tokens_cap}", param=tokens_param)
+        if num_beams is not None and num_beams > self.num_beams_cap:
+            raise bad_request(f"num_beams must be at most {self.num_beams_cap}", param="num_beams")
 
     @model_validator(mode="after")
     def _defaults_within_caps(self) -> GenerationConfig:

@@ -327,16 +327,6 @@ class Gateway:
             if not task.done():
                 task.cancel()
 
-    def check_generation(
-        self, spec: ModelSpec, max_tokens: int | None, num_beams: int | None, tokens_param: str = "max_tokens"
-    ) -> None:
-        """Refuse generation settings over the model's caps here, before an image is decoded or a model woken."""
-        caps = spec.generation
-        if max_tokens is not None and max_tokens > caps.max_new_tokens_cap:
-            raise bad_request(f"{tokens_param} must be at most {caps.max_new_tokens_cap}", param=tokens_param)
-        if num_beams is not None and num_beams > caps.num_beams_cap:
-            raise bad_request(f"num_beams must be at most {caps.num_beams_cap}", param="num_beams")
-
     async def image(self, url: str, param: str):
         return await load_image(url, self.config.images, param)
 
@@ -388,7 +378,8 @@ class Gateway:
     async def chat_completions(self, request: ChatCompletionRequest):
         spec = self.model(request.model, "chat")
         tokens_param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
-        self.check_generation(spec, request.token_limit, request.num_beams, tokens_param)
+        # Caps are checked here, before an image is decoded or a model woken.
+        spec.generation.check(request.token_limit, request.num_beams, tokens_param)
         prompt = chat_prompt(request)
         task, text = CHAT_TASKS[spec.family](prompt.text, "messages")
         image = await self.image(prompt.image_url, prompt.image_param)
@@ -496,7 +487,7 @@ class Gateway:
             raise bad_request(f"the task '{task.name}' takes no text_input", param="text_input")
         if task.input != "region" and request.region is not None:
             raise bad_request(f"the task '{task.name}' takes no region", param="region")
-        self.check_generation(spec, request.max_tokens, request.num_beams)
+        spec.generation.check(request.max_tokens, request.num_beams)
         image = await self.image(request.image_url, "image_url")
         arguments: dict[str, Any] = {}
         if request.region is not None:
