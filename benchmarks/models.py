@@ -78,16 +78,21 @@ def _without_provenance(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _check_vocabulary(tokenizer: Any, config: dict[str, Any], family: str) -> None:
+    """The tiny tokenizer's ids must all be rows of the real-size model's embedding."""
+    vocab_size = config["text_config"]["vocab_size"]
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the tiny {family} tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})"
+        )
+
+
 def _build_siglip2(directory: Path) -> None:
     """SigLIP2 base naflex at the published size, with the tiny checkpoint's processor (256-patch budget)."""
     processor = AutoProcessor.from_pretrained(TINY_DIR / "siglip2")
     tokenizer = processor.tokenizer
     config = _published("google--siglip2-base-patch16-naflex/config.json")
-    vocab_size = config["text_config"]["vocab_size"]
-    if len(tokenizer) > vocab_size:
-        raise ValueError(
-            f"the tiny SigLIP2 tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})"
-        )
+    _check_vocabulary(tokenizer, config, "SigLIP2")
     config["text_config"].update(
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
@@ -108,11 +113,7 @@ def _build_blip(directory: Path) -> None:
     processor = BlipProcessor(BlipImageProcessorPil(**preprocessor, size={"height": side, "width": side}), tokenizer)
 
     config = _published("Salesforce--blip-image-captioning-base/config.json")
-    vocab_size = config["text_config"]["vocab_size"]
-    if len(tokenizer) > vocab_size:
-        raise ValueError(
-            f"the tiny BLIP tokenizer ({len(tokenizer)} tokens) exceeds the model's vocabulary ({vocab_size})"
-        )
+    _check_vocabulary(tokenizer, config, "BLIP")
     config["text_config"].update(
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
