@@ -21,6 +21,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import torch
 from PIL import Image
 from ray import serve
@@ -54,6 +55,7 @@ class VisionModel:
         self.source = source or self.spec.source
         self.device = self._pick_device()
         self.dtype = self._pick_dtype()
+        self.started_at = time.time()
         self._limit_threads()
         started = time.perf_counter()
         with torch.inference_mode():
@@ -146,7 +148,7 @@ class VisionModel:
         return outputs
 
     async def stats(self) -> dict[str, Any]:
-        """Load time and batch counters of this replica."""
+        """Load time, batch counters and process of this replica."""
         return {
             "model": self.spec.id,
             "load_seconds": self.load_seconds,
@@ -156,6 +158,10 @@ class VisionModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "pid": os.getpid(),
+            # earlier than the replica's start when it took a standby worker (serve/standby.py)
+            "process_started_at": psutil.Process().create_time(),
+            "replica_started_at": self.started_at,
         }
 
     # ----- helpers for families -----

@@ -62,6 +62,7 @@ from serve.protocol import (
     checked_region,
     encode_vector,
 )
+from serve.standby import StandbyKeeper, StandbyLedger
 from serve.validation import document_error_envelope, validation_error
 
 logger = logging.getLogger("gigarouter.ingress")
@@ -116,8 +117,10 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 # request the full queue rejected during a cold start is sent again.
 STATE_POLL_S = 1.0
 COLD_QUEUE_RETRY_S = 0.5
-# The oldest read of Serve's status a request uses without waiting for a new one. Models go back to
-# zero only after minutes idle, so a read this young still says whether the request is a cold start.
+# The oldest read of Serve's status a request uses without waiting for a new one, and only for a
+# model this ingress sent a request to within the same time: models go back to zero only after a
+# stretch with no traffic, so for such a model the read still says whether the request is a cold
+# start. (Reads themselves are frequent, e.g. the standby keeper's, and may predate a scale-down.)
 STALE_READ_S = 5.0
 
 
@@ -140,6 +143,7 @@ class ModelStates:
         self._deployments: dict[str, Any] = {}
         self._lock = asyncio.Lock()
         self._background: asyncio.Task | None = None
+        self._routed: dict[str, float] = {}
 
     async def get(self, deployment: str) -> tuple[int, str]:
         """(running replicas, state) of a deployment: state is cold, starting, pending, ready or unavailable."""
@@ -149,11 +153,15 @@ class ModelStates:
     async def describe(self, deployment: str, fresh: bool = True) -> tuple[int, str, str | None]:
         """(running replicas, state, reason): the reason is Serve's status message while the model is not ready.
 
-        `fresh=False` accepts a read up to `STALE_READ_S` old and refreshes it in the background,
-        so a request under steady traffic never waits for Serve; an older read (the first request
-        after a quiet spell, when the model may have gone back to zero) is refreshed first.
+        `fresh=False` (the request path) accepts a read up to `STALE_READ_S` old and refreshes it in
+        the background, so a request under steady traffic never waits for Serve; the first request
+        after a quiet spell, when the model may have gone back to zero, waits for a fresh read.
         """
-        await self._refresh(wait=fresh)
+        now = time.monotonic()
+        recent = now - self._routed.get(deployment, -math.inf) < STALE_READ_S
+        if not fresh:
+            self._routed[deployment] = now
+        await self._refresh(wait=fresh or not recent)
         overview = self._deployments.get(deployment)
         if overview is None:
             return 0, "starting", "the deployment is being created"
@@ -205,7 +213,13 @@ class ModelStates:
 class Gateway:
     """Routes OpenAI-style requests to the model deployments bound at build time."""
 
-    def __init__(self, config: dict[str, Any], models: list[dict[str, Any]], handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        models: list[dict[str, Any]],
+        handles: dict[str, DeploymentHandle],
+        standbys: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.config = GatewayConfig.model_validate(config)
         self.specs = {spec.id: spec for spec in (ModelSpec.model_validate(m) for m in models)}
         self.by_slug = {spec.deployment_name: spec for spec in self.specs.values()}
@@ -213,6 +227,13 @@ class Gateway:
         self.states = ModelStates(self.config.status_cache_s)
         self.guard = Guard.from_config(self.config.max_body_bytes, self.config.auth, self.config.rate_limit)
         self.demand = DemandStore(self.config.demand_db)
+        self._standby_task = None
+        if standbys:
+            app_name = serve.get_replica_context().app_name
+            ledger = StandbyLedger(self.config.demand_db)
+            keeper = StandbyKeeper(app_name, standbys, ledger, self.config.standby_keep_alive_s)
+            # Serve runs the constructor on the replica's event loop; the keeper lives as long as it
+            self._standby_task = asyncio.get_running_loop().create_task(keeper.run(self.states.get))
 
     # ----- routing -----
 

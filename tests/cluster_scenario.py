@@ -52,7 +52,8 @@ def app_args(checkpoints: Path, demand_db: Path) -> dict[str, Any]:
             model = dict(model, status="live")
             deployment["num_replicas"] = REPLICAS_PER_MODEL
         else:
-            model = dict(model, cold_start_timeout_s=COLD_START_TIMEOUT_S)
+            # no standby worker: this entry is never placed, an idle process would only take memory
+            model = dict(model, cold_start_timeout_s=COLD_START_TIMEOUT_S, standby_worker=False)
             deployment["autoscaling_config"] = {"max_replicas": 1}
         models.append(dict(model, deployment=deployment))
     gateway = dict(local["gateway"], demand_db=str(demand_db), ray_actor_options={"num_cpus": 0.25})

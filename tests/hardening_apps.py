@@ -93,6 +93,7 @@ def guarded(gateway, checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
                 "source": "siglip2",
                 "family": "siglip2",
                 "status": "coming_soon",
+                "standby_worker": False,  # never woken: an idle standby process would only take memory
                 "deployment": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": {"max_replicas": 1}},
             }
         ],
@@ -143,6 +144,7 @@ def faults(gateway, checkpoints: Path, tmp_path_factory: pytest.TempPathFactory)
                 "source": "siglip2",
                 "family": "siglip2",
                 "status": "coming_soon",
+                "standby_worker": False,  # standby workers are tested on the main app (tests/test_elastic.py)
                 "options": {"max_num_patches": 64, "min_num_patches": 16, "max_num_patches_cap": 256},
                 "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                 "deployment": {
@@ -156,6 +158,7 @@ def faults(gateway, checkpoints: Path, tmp_path_factory: pytest.TempPathFactory)
                 "source": str(empty),
                 "family": "blip",
                 "status": "coming_soon",
+                "standby_worker": False,
                 "deployment": {
                     "ray_actor_options": {"num_cpus": 0.1},
                     "autoscaling_config": {"max_replicas": 1},

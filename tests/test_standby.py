@@ -1,0 +1,101 @@
+"""Standby workers' pure parts: which models get one, where one may go, the runtime env it must match,
+and the claim that lets only one ingress replica start it. The end-to-end check (a cold start runs
+in the standby process) is in tests/test_elastic.py."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from pydantic import ValidationError
+
+from serve.config import ModelSpec
+from serve.standby import PRELOAD_MODULE, StandbyLedger, fits, inherited_env, preloading
+
+
+def spec(**overrides) -> ModelSpec:
+    return ModelSpec.model_validate({"id": "acme/Model-X", "source": "acme/model-x", "family": "blip", **overrides})
+
+
+def test_models_that_scale_to_zero_start_through_the_preloader():
+    options = spec(status="coming_soon").serve_options()
+    runtime_env = options["ray_actor_options"]["runtime_env"]
+    assert shlex.split(runtime_env["py_executable"]) == [sys.executable, "-m", PRELOAD_MODULE]
+    assert runtime_env["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0", "the other settings stay"
+
+
+def test_models_that_keep_a_replica_or_opt_out_get_no_standby():
+    for model in (
+        spec(),
+        spec(status="coming_soon", standby_worker=False),
+        spec(status="coming_soon", deployment={"autoscaling_config": {"min_replicas": 1}}),
+    ):
+        assert not model.uses_standby
+        assert "py_executable" not in model.serve_options()["ray_actor_options"]["runtime_env"]
+    assert spec(status="coming_soon", deployment={"autoscaling_config": {"max_replicas": 3}}).uses_standby
+
+
+def test_an_operator_chosen_interpreter_rules_out_a_standby():
+    own = {"num_cpus": 1, "runtime_env": {"pip": ["pkg"]}}
+    with pytest.raises(ValidationError, match="standby_worker: false"):
+        spec(status="coming_soon", deployment={"ray_actor_options": own})
+    kept = spec(status="coming_soon", standby_worker=False, deployment={"ray_actor_options": own})
+    runtime_env = kept.serve_options()["ray_actor_options"]["runtime_env"]
+    assert runtime_env["pip"] == ["pkg"] and "py_executable" not in runtime_env
+
+
+def test_preloading_keeps_the_other_options_and_quotes_the_interpreter():
+    options = {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}}}
+    result = preloading(options, python="/opt/my env/bin/python")
+    assert result["num_cpus"] == 0.5 and result["runtime_env"]["env_vars"] == {"A": "1"}
+    assert shlex.split(result["runtime_env"]["py_executable"]) == ["/opt/my env/bin/python", "-m", PRELOAD_MODULE]
+    assert "py_executable" not in options["runtime_env"], "the input is not modified"
+
+
+def test_a_standby_goes_only_where_the_replica_could_run():
+    cpu_node = {"CPU": 8.0, "memory": 3e10}
+    gpu_node = {"CPU": 8.0, "GPU": 1.0, "memory": 3e10, "accelerator_type:H100": 1.0}
+    quarter_gpu = {"num_cpus": 1, "num_gpus": 0.25}
+    assert fits(gpu_node, quarter_gpu) and not fits(cpu_node, quarter_gpu)
+    assert fits(cpu_node, {"num_cpus": 0.1}) and fits(gpu_node, {"num_cpus": 0.1})
+    assert not fits(cpu_node, {"num_cpus": 16})
+    assert fits(gpu_node, {"resources": {"accelerator_type:H100": 0.001}})
+    assert not fits(cpu_node, {"resources": {"accelerator_type:H100": 0.001}})
+    assert not fits(gpu_node, {"memory": 4e10})
+
+
+def test_the_replica_env_is_the_deployments_own_when_its_creator_has_none():
+    child = {"env_vars": {"A": "1"}, "py_executable": "/venv/bin/python -m deployments.preload"}
+    assert inherited_env("", child) == json.dumps(child)
+    assert inherited_env("{}", child) == json.dumps(child)
+
+
+def test_the_replica_env_merges_the_creators_env_vars_as_ray_writes_it():
+    # What Ray 2.60 gave a replica created by a controller with a job-level env (seen in its GCS
+    # actor table; tests/test_elastic.py checks this function against a live replica).
+    parent = json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1", "A": "parent", "Z": "é"}})
+    child = {"py_executable": "/venv/bin/python -m deployments.preload", "env_vars": {"A": "1"}}
+    assert inherited_env(parent, child) == (
+        '{"env_vars":{"A":"1","HF_HUB_OFFLINE":"1","Z":"é"},"py_executable":"/venv/bin/python -m deployments.preload"}'
+    )
+
+
+def test_a_standby_is_claimed_once_until_it_is_due_again(tmp_path):
+    ledger = StandbyLedger(tmp_path / "state.sqlite3")
+    assert ledger.claim("env@node", now=100.0, started_before=0.0)
+    assert not ledger.claim("env@node", now=105.0, started_before=50.0), "started at 100, not due before then"
+    assert ledger.claim("env@other-node", now=105.0, started_before=50.0), "each node has its own"
+    assert ledger.claim("env@node", now=200.0, started_before=150.0), "due again (renewal, or the model woke)"
+    assert not StandbyLedger(tmp_path / "state.sqlite3").claim("env@node", now=201.0, started_before=150.0)
+
+
+def test_of_many_ingress_replicas_claiming_at_once_exactly_one_wins(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    ledgers = [StandbyLedger(path) for _ in range(4)]
+    claims = [(ledgers[i % 4], 1000.0 + i) for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(lambda claim: claim[0].claim("env@node", now=claim[1], started_before=500.0), claims))
+    assert sum(wins) == 1
