@@ -106,6 +106,25 @@ def _cpu_parts(windows: list[dict[str, Any]]) -> dict[str, float | None]:
     return {part: _median([(w.get("cpu_ms_per_item") or {}).get(part) for w in windows]) for part in parts}
 
 
+def _cold_rows(cold: dict[str, Any]) -> list[str]:
+    """Table rows of the cold starts, with a standby worker (the default) and without."""
+    rows = []
+    labels = {"standby": "with a standby worker (default)", "no_standby": "without (`standby_worker: false`)"}
+    for key, label in labels.items():
+        run = cold.get(key)
+        if not run:
+            continue
+        where = "the waiting standby process" if run.get("replica_in_standby") else "a new process"
+        rows += [
+            f"| cold start of a zero-replica model {label}: first response | {_fmt(run['first_response_s'])} s |",
+            f"| … of which model load (replica's load_seconds) | {_fmt(run['model_load_s'])} s |",
+            f"| … serving overhead (the rest; the replica ran in {where}) | {_fmt(run['overhead_s'])} s |",
+        ]
+    if cold.get("standby", {}).get("standby_rss_mb"):
+        rows.append(f"| memory of the idle standby worker (RSS) | {_fmt(cold['standby']['standby_rss_mb'], 0)} MB |")
+    return rows
+
+
 def tiny_summary(tiny: dict[str, Any]) -> dict[str, Any]:
     """The gateway's own costs: overhead over an in-process call, no-op ceiling, batching tax, cold start."""
     rounds = tiny["rounds"]
@@ -301,9 +320,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| no-op ceiling (tiny text embed, c=32) | {_fmt(summary['gateway_noop_rps'], 0)} req/s"
             f"{_range(summary['gateway_noop_rps_range'], 0)} |"
         ),
-        f"| cold start of a zero-replica model: first response | {_fmt(cold['first_response_s'])} s |",
-        f"| … of which model load (replica's load_seconds) | {_fmt(cold['model_load_s'])} s |",
-        f"| … serving overhead (the rest) | {_fmt(cold['overhead_s'])} s |",
+        *_cold_rows(cold),
         f"| idle CPU of the tiny gateway apps (% of one core) | {_idle(summary['tiny_idle_cpu_percent'])} |",
     ]
     noop_cpu = summary["gateway_noop_cpu_ms_per_request"]

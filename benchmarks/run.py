@@ -77,10 +77,13 @@ MAX_ONGOING = 64
 """The model deployment's `max_ongoing_requests`: above every concurrency, so batches can fill and
 the counters can be read while a window runs."""
 TINY_TEXT = "a photo of a cat sitting on a wooden table"
+STANDBY_WAIT_S = 120
+"""How long the cold start waits for the zero-replica model's standby worker to be ready."""
 TINY_MODELS = {
     "batched": "bench/tiny-siglip2",
     "unbatched": "bench/tiny-siglip2-unbatched",
     "cold": "bench/tiny-siglip2-cold",
+    "cold_plain": "bench/tiny-siglip2-cold-no-standby",
 }
 SYSTEMS = ("gateway", "gateway_unbatched", "naive", "litserve")
 
@@ -234,8 +237,9 @@ class Benchmark:
     # ----- the gateway's own costs, with the tiny model -----
 
     def measure_tiny(self) -> dict[str, Any]:
-        """The gateway's own costs, with the tiny SigLIP2 checkpoint in three one-model apps:
-        batched, `max_batch_size: 1`, and `coming_soon` (zero replicas, for the cold start)."""
+        """The gateway's own costs, with the tiny SigLIP2 checkpoint in four one-model apps:
+        batched, `max_batch_size: 1`, and two `coming_soon` ones (zero replicas, for the cold start
+        with a standby worker and without)."""
         from deployments.siglip2 import Siglip2, TextsItem
 
         assert self.gateway and self.loadgen
@@ -244,7 +248,12 @@ class Benchmark:
             "gateway": tiny_entry(TINY_MODELS["batched"], source, max_batch_size=8, status="live"),
             "gateway_unbatched": tiny_entry(TINY_MODELS["unbatched"], source, max_batch_size=1, status="live"),
             "gateway_cold": tiny_entry(TINY_MODELS["cold"], source, max_batch_size=8, status="coming_soon"),
+            "gateway_cold_plain": tiny_entry(TINY_MODELS["cold_plain"], source, 8, status="coming_soon"),
         }
+        entries["gateway_cold_plain"]["standby_worker"] = False
+        # a fraction of a CPU: a fourth tiny replica's whole CPUs would not fit the benchmark's Ray
+        # (its torch threads are set apart, by `torch_threads`)
+        entries["gateway_cold_plain"]["deployment"]["ray_actor_options"] = {"num_cpus": 0.5}
         self.apps = {system: f"bench-tiny-{system}" for system in entries}
         try:
             for system, entry in entries.items():
@@ -258,7 +267,16 @@ class Benchmark:
             bodies = {name: {"model": entries[name]["id"], "input": TINY_TEXT} for name in systems}
             for name, system in systems.items():
                 self.http_window(system, bodies[name], 8, 0.0, 0.0, 60)
-            cold = self.cold_start(urls["gateway_cold"], self.apps["gateway_cold"], entries["gateway_cold"])
+            standby = self.wait_for_standby(STANDBY_WAIT_S)
+            cold = {
+                "standby": {
+                    **self.cold_start(urls["gateway_cold"], self.apps["gateway_cold"], entries["gateway_cold"]),
+                    **standby,
+                }
+            }
+            cold["no_standby"] = self.cold_start(
+                urls["gateway_cold_plain"], self.apps["gateway_cold_plain"], entries["gateway_cold_plain"]
+            )
             in_process = Siglip2(entries["gateway"], str(source))
             item = TextsItem([TINY_TEXT])
             rounds = []
@@ -311,6 +329,7 @@ class Benchmark:
         assert self.gateway
         listing = httpx.get(f"{url}/v1/models", timeout=60).json()
         replicas_before = listing["data"][0].get("replicas")
+        sent_at = time.time()
         started = time.perf_counter()
         response = httpx.post(f"{url}/v1/embeddings", json={"model": entry["id"], "input": TINY_TEXT}, timeout=300)
         first_response = time.perf_counter() - started
@@ -323,11 +342,33 @@ class Benchmark:
             "model_load_s": stats["load_seconds"],
             "overhead_s": first_response - stats["load_seconds"],
             "x_cold_start_header": response.headers.get("x-cold-start"),
+            # a process that had imported the model code before the request: a standby worker
+            "replica_in_standby": stats["preloaded_at"] is not None and stats["preloaded_at"] < sent_at,
         }
         logger.info(
-            "cold start: first response %.2fs, model load %.2fs", result["first_response_s"], result["model_load_s"]
+            "cold start of %s: first response %.2fs, model load %.2fs, replica in a standby worker: %s",
+            entry["id"],
+            result["first_response_s"],
+            result["model_load_s"],
+            result["replica_in_standby"],
         )
         return result
+
+    def wait_for_standby(self, limit_s: float) -> dict[str, Any]:
+        """Wait until a standby worker is idle on this machine; its resident memory."""
+        import psutil
+
+        from serve.standby import local_standbys
+
+        started = time.monotonic()
+        while not (pids := local_standbys()) and time.monotonic() - started < limit_s:
+            time.sleep(0.5)
+        rss = 0.0
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                rss += psutil.Process(pid).memory_info().rss / 2**20
+        logger.info("standby workers %s after %.1fs, %.0f MB resident", sorted(pids), time.monotonic() - started, rss)
+        return {"standby_workers": len(pids), "standby_rss_mb": rss if pids else None}
 
     # ----- one real-size workload -----
 

@@ -21,7 +21,6 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import torch
 from PIL import Image
 from ray import serve
@@ -29,6 +28,7 @@ from transformers import AutoProcessor
 
 from deployments.batching import CONCURRENT_BATCHES, Coalescer
 from deployments.metrics import ModelMetrics
+from deployments.preload import PRELOADED_AT_ENV
 from serve.catalog import Task, find_task
 from serve.config import BatchConfig, ModelSpec
 from serve.errors import APIError, bad_request
@@ -159,8 +159,8 @@ class VisionModel:
             "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "pid": os.getpid(),
-            # earlier than the replica's start when it took a standby worker (serve/standby.py)
-            "process_started_at": psutil.Process().create_time(),
+            # when this process finished importing the model code (deployments.preload), if it did
+            "preloaded_at": float(os.environ[PRELOADED_AT_ENV]) if PRELOADED_AT_ENV in os.environ else None,
             "replica_started_at": self.started_at,
         }
 

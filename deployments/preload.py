@@ -7,9 +7,15 @@ before the process registers with Ray, which is what lets a standby worker start
 cold start hand its replica a process with all of that already done.
 """
 
+import os
 import runpy
 import sys
+import time
 import traceback
+
+# When the imports were done (wall clock), for the replica's `stats()`: a replica that took a
+# standby worker finished them before the request that woke it was sent.
+PRELOADED_AT_ENV = "GIGAROUTER_PRELOADED_AT"
 
 
 def preload() -> None:
@@ -22,6 +28,7 @@ def preload() -> None:
         # The replica imports the same modules and fails with this error through Serve, where
         # operators look; here it would only kill the process before it can say why.
         traceback.print_exc()
+    os.environ[PRELOADED_AT_ENV] = repr(time.time())
 
 
 def main() -> None:

@@ -43,10 +43,12 @@ from serve.demand import connect
 logger = logging.getLogger("gigarouter.standby")
 
 PRELOAD_MODULE = "deployments.preload"
+# set in the environment of every worker process started through the preloader (replicas and standbys)
+PRELOAD_MARKER = "GIGAROUTER_PRELOAD"
 # runtime_env keys that choose another interpreter or environment: a standby started by the
 # gateway could not match such a replica's worker, and `py_executable` would override them.
 INTERPRETER_KEYS = ("py_executable", "pip", "uv", "conda", "container", "image_uri")
-CHECK_S = 5.0
+CHECK_S = 10.0
 NODES_CACHE_S = 30.0
 PRESTART_TIMEOUT_S = 10.0
 
@@ -62,7 +64,26 @@ def preloading(ray_actor_options: dict[str, Any], python: str = sys.executable) 
     """`ray_actor_options` whose worker processes import the model code before taking work."""
     runtime_env = dict(ray_actor_options.get("runtime_env") or {})
     runtime_env["py_executable"] = f"{shlex.quote(python)} -m {PRELOAD_MODULE}"
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), PRELOAD_MARKER: "1"}
     return {**ray_actor_options, "runtime_env": runtime_env}
+
+
+def local_standbys() -> set[int]:
+    """Process ids of the standby workers on this machine (Linux): idle Ray workers (`ray::IDLE`)
+    started through the preloader."""
+    marker = f"\0{PRELOAD_MARKER}=1\0".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes()
+            environ = b"\0" + (entry / "environ").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        if title.startswith(b"ray::IDLE") and marker in environ:
+            found.add(int(entry.name))
+    return found
 
 
 def fits(total: dict[str, float], ray_actor_options: dict[str, Any]) -> bool:

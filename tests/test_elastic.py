@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 from ray import serve
 
-from serve.config import REPLICA_ENV, AppArgs, slug
+from serve.config import AppArgs, slug
 from serve.ingress import STALE_READ_S
-from serve.standby import actor_runtime_envs, inherited_env
+from serve.standby import actor_runtime_envs, inherited_env, local_standbys
 from tests.elastic_config import (
     ELASTIC_MODEL,
     UNPLACEABLE,
@@ -93,34 +92,13 @@ def test_first_request_after_a_quiet_spell_is_a_cold_start(client, image_url):
     assert after.headers.get("x-cold-start") == "true"
 
 
-def standby_workers() -> set[int]:
-    """Idle Ray worker processes on this machine that were started for a model replica's runtime env.
-
-    Ray titles a worker with no task `ray::IDLE`; only model replicas' envs (and so their standby
-    workers') set Serve's replica settings (serve.config.REPLICA_ENV).
-    """
-    marker = b"\0" + next(iter(REPLICA_ENV)).encode() + b"="
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes()
-            environ = b"\0" + (entry / "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if title.startswith(b"ray::IDLE") and marker in environ:
-            found.add(int(entry.name))
-    return found
-
-
 def test_a_cold_start_runs_in_the_standby_worker(client, image_url):
     """While the model is at zero a standby process waits with the model code imported; the next
     replica must start in it (a process that existed before the request was sent) and must have been
     given exactly the runtime env the gateway computed for it."""
     wait_for(client, ELASTIC_MODEL, is_cold, "cold", 60)
     deadline = time.monotonic() + 90
-    while not (standbys := standby_workers()):
+    while not (standbys := local_standbys()):
         assert time.monotonic() < deadline, "no standby worker appeared within 90 s of the model going cold"
         time.sleep(0.5)
     sent_at = time.time()
@@ -129,7 +107,7 @@ def test_a_cold_start_runs_in_the_standby_worker(client, image_url):
     assert response.status_code == 200, response.text
     assert response.headers.get("x-cold-start") == "true"
     stats = serve.get_deployment_handle(ELASTIC_DEPLOYMENT, APP_NAME).stats.remote().result(timeout_s=30)
-    assert stats["process_started_at"] < sent_at, "the replica's process was started for it, after the request"
+    assert stats["preloaded_at"] < sent_at, "the replica's process imported the model code after the request"
     assert stats["pid"] in standbys
 
     args = local_args()

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve.config import ModelSpec
-from serve.standby import PRELOAD_MODULE, StandbyLedger, fits, inherited_env, preloading
+from serve.standby import PRELOAD_MARKER, PRELOAD_MODULE, StandbyLedger, fits, inherited_env, preloading
 
 
 def spec(**overrides) -> ModelSpec:
@@ -50,9 +50,9 @@ def test_an_operator_chosen_interpreter_rules_out_a_standby():
 def test_preloading_keeps_the_other_options_and_quotes_the_interpreter():
     options = {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}}}
     result = preloading(options, python="/opt/my env/bin/python")
-    assert result["num_cpus"] == 0.5 and result["runtime_env"]["env_vars"] == {"A": "1"}
+    assert result["num_cpus"] == 0.5 and result["runtime_env"]["env_vars"] == {"A": "1", PRELOAD_MARKER: "1"}
     assert shlex.split(result["runtime_env"]["py_executable"]) == ["/opt/my env/bin/python", "-m", PRELOAD_MODULE]
-    assert "py_executable" not in options["runtime_env"], "the input is not modified"
+    assert options == {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}}}, "the input is not modified"
 
 
 def test_a_standby_goes_only_where_the_replica_could_run():
