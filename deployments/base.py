@@ -55,7 +55,6 @@ class VisionModel:
         self.source = source or self.spec.source
         self.device = self._pick_device()
         self.dtype = self._pick_dtype()
-        self.started_at = time.time()
         self._limit_threads()
         started = time.perf_counter()
         with torch.inference_mode():
@@ -161,7 +160,6 @@ class VisionModel:
             "pid": os.getpid(),
             # when this process finished importing the model code (deployments.preload), if it did
             "preloaded_at": float(os.environ[PRELOADED_AT_ENV]) if PRELOADED_AT_ENV in os.environ else None,
-            "replica_started_at": self.started_at,
         }
 
     # ----- helpers for families -----
