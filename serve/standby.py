@@ -128,6 +128,8 @@ class StandbyLedger:
 
 @dataclass
 class Node:
+    """A node's raylet address and its total resources."""
+
     node_id: str
     address: str
     port: int
@@ -147,7 +149,7 @@ def prestart(node: Node, serialized_env: str, keep_alive_s: int) -> None:
     """Ask a node's raylet to start one idle worker process with this (serialized) runtime env."""
     host = f"[{node.address}]" if ":" in node.address else node.address
     runtime_env_info = get_runtime_env_info(RuntimeEnv.deserialize(serialized_env))
-    # the raylet matches workers by this exact string, so it is sent as the replica reported it
+    # the raylet matches an idle worker to a replica by this exact string, so it is sent verbatim
     runtime_env_info.serialized_runtime_env = serialized_env
     channel = init_grpc_channel(f"{host}:{node.port}", asynchronous=False)
     try:
@@ -162,10 +164,10 @@ def prestart(node: Node, serialized_env: str, keep_alive_s: int) -> None:
         channel.close()
 
 
-def actor_runtime_envs(class_names: set[str], state: str | None = None) -> set[str]:
-    """The serialized runtime envs Ray gave actors of these classes (in this state, or any), from the GCS."""
+def actor_runtime_envs(class_names: set[str]) -> set[str]:
+    """The serialized runtime envs Ray gave the alive actors of these classes, read from the GCS."""
     found = set()
-    for raw in ray_state.state._connect_and_get_accessor().get_actor_table(None, state):
+    for raw in ray_state.state._connect_and_get_accessor().get_actor_table(None, "ALIVE"):
         actor = gcs_pb2.ActorTableData.FromString(raw)
         if actor.class_name in class_names and actor.serialized_runtime_env:
             found.add(actor.serialized_runtime_env)
@@ -228,7 +230,7 @@ class StandbyKeeper:
 
     def plan(self) -> None:
         """Group the models by the runtime env their replicas will get."""
-        controller = sorted(actor_runtime_envs({"ServeController"}, "ALIVE"))
+        controller = sorted(actor_runtime_envs({"ServeController"}))
         groups: dict[str, _Group] = {}
         for deployment, options in self.standbys.items():
             serialized = inherited_env(controller[0] if controller else "", options.get("runtime_env") or {})
@@ -267,7 +269,7 @@ class StandbyKeeper:
     async def confirm(self, group: _Group) -> None:
         """Adopt the runtime env the group's replicas really got, if it differs from the computed one."""
         classes = {f"ServeReplica:{self.app}:{deployment}" for deployment in group.deployments}
-        found = await asyncio.to_thread(actor_runtime_envs, classes, "ALIVE")
+        found = await asyncio.to_thread(actor_runtime_envs, classes)
         if not found:
             return
         group.confirmed = True
