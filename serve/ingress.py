@@ -155,13 +155,16 @@ class ModelStates:
 
         `fresh=False` (the request path) accepts a read up to `STALE_READ_S` old and refreshes it in
         the background, so a request under steady traffic never waits for Serve; the first request
-        after a quiet spell, when the model may have gone back to zero, waits for a fresh read.
+        after a quiet spell, when the model may just have gone back to zero, waits for a read taken
+        now (not even one `status_cache_s` old: that could predate the scale-down).
         """
         now = time.monotonic()
         recent = now - self._routed.get(deployment, -math.inf) < STALE_READ_S
-        if not fresh:
+        if fresh:
+            await self._refresh()
+        else:
             self._routed[deployment] = now
-        await self._refresh(wait=fresh or not recent)
+            await (self._refresh(wait=False) if recent else self._read(max_age_s=0.0))
         overview = self._deployments.get(deployment)
         if overview is None:
             return 0, "starting", "the deployment is being created"
@@ -197,9 +200,9 @@ class ModelStates:
             return
         await self._read()
 
-    async def _read(self) -> None:
+    async def _read(self, max_age_s: float | None = None) -> None:
         async with self._lock:
-            if time.monotonic() - self._read_at < self.cache_s:
+            if time.monotonic() - self._read_at < (self.cache_s if max_age_s is None else max_age_s):
                 return
             app_name = serve.get_replica_context().app_name
             status = await asyncio.to_thread(serve.status)
