@@ -10,7 +10,8 @@ exactly that runtime env: it imports the model code and waits idle. Ray hands an
 whose runtime env matches to the next replica it starts on that node, so the replica skips the
 imports. The price: one idle process per node and runtime env (~420 MB resident for the tiny
 models; no CPU while idle, no GPU, no Ray resources); `standby_worker: false` on a model turns
-it off.
+it off. One is the bound, kept by the standbys themselves: an idle preloaded process that finds
+another holding its node's slot for its env exits (`deployments.standby_slot`).
 
 Ray has no public call to start workers ahead of work; this uses the raylet's PrestartWorkers
 RPC, the one Ray's own core worker sends, with Ray pinned in pyproject.toml. If the call fails,
@@ -38,17 +39,18 @@ from ray._private.utils import get_runtime_env_info
 from ray.core.generated import common_pb2, gcs_pb2, node_manager_pb2, node_manager_pb2_grpc
 from ray.runtime_env import RuntimeEnv
 
+from deployments.preload import PRELOAD_MARKER  # torch-free: the marker every preloaded process carries
 from serve.demand import connect
 
 logger = logging.getLogger("gigarouter.standby")
 
 PRELOAD_MODULE = "deployments.preload"
-# set in the environment of every worker process started through the preloader (replicas and standbys)
-PRELOAD_MARKER = "GIGAROUTER_PRELOAD"
 # runtime_env keys that choose another interpreter or environment: a standby started by the
 # gateway could not match such a replica's worker, and `py_executable` would override them.
 INTERPRETER_KEYS = ("py_executable", "pip", "uv", "conda", "container", "image_uri")
 CHECK_S = 10.0
+# a standby asked for on the keeper's own node that has not shown up is asked for again after this
+LOCAL_RETRY_S = 60.0
 NODES_CACHE_S = 30.0
 PRESTART_TIMEOUT_S = 10.0
 
@@ -61,17 +63,35 @@ CREATE TABLE IF NOT EXISTS standby (
 
 
 def preloading(ray_actor_options: dict[str, Any], python: str = sys.executable) -> dict[str, Any]:
-    """`ray_actor_options` whose worker processes import the model code before taking work."""
+    """`ray_actor_options` whose worker processes import the model code before taking work.
+
+    The marker variable carries a key of the runtime env (computed before the marker is added), so
+    the processes of one env can be told apart from those of another on a node: the keeper counts
+    its standbys by it, and the standbys themselves keep one slot per node and key
+    (`deployments.standby_slot`).
+    """
     runtime_env = dict(ray_actor_options.get("runtime_env") or {})
     runtime_env["py_executable"] = f"{shlex.quote(python)} -m {PRELOAD_MODULE}"
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), PRELOAD_MARKER: "1"}
+    env_vars = {k: v for k, v in (runtime_env.get("env_vars") or {}).items() if k != PRELOAD_MARKER}
+    key = env_key(json.dumps({**runtime_env, "env_vars": env_vars}, sort_keys=True, default=str))
+    runtime_env["env_vars"] = {**env_vars, PRELOAD_MARKER: key}
     return {**ray_actor_options, "runtime_env": runtime_env}
 
 
-def local_standbys() -> set[int]:
+def marker_of(ray_actor_options: dict[str, Any]) -> str | None:
+    """The key that the preloaded processes of these options carry (None: not preloaded)."""
+    return ((ray_actor_options.get("runtime_env") or {}).get("env_vars") or {}).get(PRELOAD_MARKER)
+
+
+def local_standbys(key: str | None = None, include_starting: bool = False) -> set[int]:
     """Process ids of the standby workers on this machine (Linux): idle Ray workers (`ray::IDLE`)
-    started through the preloader."""
-    marker = f"\0{PRELOAD_MARKER}=1\0".encode()
+    started through the preloader, of one runtime env's `key` or of any.
+
+    `include_starting` also counts preloaded processes that have not yet connected to Ray (they are
+    importing the model code: a standby that was just started).
+    """
+    prefix = f"\0{PRELOAD_MARKER}=".encode()
+    wanted = f"{prefix.decode()}{key}\0".encode() if key else prefix
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -81,7 +101,9 @@ def local_standbys() -> set[int]:
             environ = b"\0" + (entry / "environ").read_bytes()
         except OSError:  # gone, or another user's
             continue
-        if title.startswith(b"ray::IDLE") and marker in environ:
+        if wanted not in environ:
+            continue
+        if title.startswith(b"ray::IDLE") or (include_starting and not title.startswith(b"ray::")):
             found.add(int(entry.name))
     return found
 
@@ -125,6 +147,12 @@ class StandbyLedger:
             )
             return cursor.rowcount == 1
 
+    def last_start(self, key: str) -> float | None:
+        """When a standby was last started for `key`, if ever."""
+        with connect(self.path) as db:
+            row = db.execute("SELECT started_at FROM standby WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
 
 @dataclass
 class Node:
@@ -164,14 +192,34 @@ def prestart(node: Node, serialized_env: str, keep_alive_s: int) -> None:
         channel.close()
 
 
-def actor_runtime_envs(class_names: set[str]) -> set[str]:
-    """The serialized runtime envs Ray gave the alive actors of these classes, read from the GCS."""
-    found = set()
+@dataclass(frozen=True)
+class Actor:
+    """An alive actor as the GCS lists it."""
+
+    actor_id: str
+    class_name: str
+    node_id: str
+    serialized_runtime_env: str
+
+
+def alive_actors(class_names: set[str]) -> list[Actor]:
+    """The alive actors of these classes, with the node each runs on and its runtime env, read from the GCS."""
+    found = []
     for raw in ray_state.state._connect_and_get_accessor().get_actor_table(None, "ALIVE"):
         actor = gcs_pb2.ActorTableData.FromString(raw)
-        if actor.class_name in class_names and actor.serialized_runtime_env:
-            found.add(actor.serialized_runtime_env)
+        if actor.class_name in class_names:
+            node = actor.node_id or actor.address.node_id
+            found.append(Actor(actor.actor_id.hex(), actor.class_name, node.hex(), actor.serialized_runtime_env))
     return found
+
+
+def actor_runtime_envs(class_names: set[str]) -> set[str]:
+    """The serialized runtime envs Ray gave the alive actors of these classes."""
+    return {actor.serialized_runtime_env for actor in alive_actors(class_names) if actor.serialized_runtime_env}
+
+
+def local_node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def inherited_env(parent: str, child: dict[str, Any]) -> str:
@@ -196,17 +244,28 @@ class _Group:
 
     ray_actor_options: dict[str, Any]
     serialized_env: str
+    marker: str
     deployments: list[str] = field(default_factory=list)
-    woke_at: float = 0.0
+    # per node: when a replica of these models last appeared there (it may have taken the standby)
+    replica_started_at: dict[str, float] = field(default_factory=dict)
     confirmed: bool = False
 
 
 class StandbyKeeper:
-    """Keeps a standby worker on every node that could host a model while that model has no replica.
+    """Keeps one standby worker on every node that could host a model while that model has no replica.
 
-    A standby is started when a model is seen cold and none was started for its runtime env on
-    that node since the model last woke (a waking replica takes the standby), and again before
-    the previous one's keep-alive ends (Ray may then reclaim an idle worker).
+    What "a standby exists" means, per node:
+
+    - on the keeper's own node, the standby processes of the env are counted (`local_standbys`):
+      none there (and none just started) means one is started; a start that does not show up is
+      retried only after `LOCAL_RETRY_S`, with a warning;
+    - on another node, a standby is assumed to be there from its start until a new replica of one
+      of the group's models appears on that node (read from the GCS: Ray hands an idle worker of
+      the same env to the new replica) or until its keep-alive has passed.
+
+    A model that is awake does not mean its group's standby was used: only a replica that appears
+    does. The standbys bound themselves to one per node and env (`deployments.standby_slot`), so a
+    start too many is reclaimed rather than kept.
 
     The runtime env a replica gets is computed from its deployment's and that of Serve's controller,
     which creates replicas (`inherited_env`). Serve may add fields of the application's runtime_env
@@ -220,13 +279,17 @@ class StandbyKeeper:
         standbys: dict[str, dict[str, Any]],
         ledger: StandbyLedger,
         keep_alive_s: int,
+        check_s: float = CHECK_S,
     ) -> None:
         self.app = app
         self.standbys = standbys
         self.ledger = ledger
         self.keep_alive_s = keep_alive_s
+        self.check_s = check_s
         self.groups: list[_Group] = []
+        self.local_node: str | None = None
         self._node_cache: tuple[float, list[Node]] = (0.0, [])
+        self._replicas_seen: set[str] | None = None  # None until the first read: a baseline, not news
 
     def plan(self) -> None:
         """Group the models by the runtime env their replicas will get."""
@@ -234,41 +297,71 @@ class StandbyKeeper:
         groups: dict[str, _Group] = {}
         for deployment, options in self.standbys.items():
             serialized = inherited_env(controller[0] if controller else "", options.get("runtime_env") or {})
-            groups.setdefault(serialized, _Group(options, serialized)).deployments.append(deployment)
+            group = groups.setdefault(serialized, _Group(options, serialized, marker_of(options) or env_key(serialized)))
+            group.deployments.append(deployment)
         self.groups = list(groups.values())
+        self.local_node = local_node_id()
+
+    def replica_class(self, deployment: str) -> str:
+        return f"ServeReplica:{self.app}:{deployment}"
+
+    async def note_new_replicas(self, now: float) -> None:
+        """Record, per group and node, when a replica that was not there at the last check appeared."""
+        by_class = {self.replica_class(d): group for group in self.groups for d in group.deployments}
+        actors = await asyncio.to_thread(alive_actors, set(by_class))
+        current = {actor.actor_id for actor in actors}
+        if self._replicas_seen is not None:
+            for actor in actors:
+                if actor.actor_id not in self._replicas_seen:
+                    by_class[actor.class_name].replica_started_at[actor.node_id] = now
+        self._replicas_seen = current
 
     async def step(self, states: Callable[[str], Awaitable[tuple[int, str]]]) -> int:
         """Start the standbys that are missing now; returns how many were started."""
+        now = time.time()
+        await self.note_new_replicas(now)
         started = 0
         for group in self.groups:
-            now = time.time()
             seen = [(await states(d))[1] for d in group.deployments]
-            if any(state in ("starting", "ready") for state in seen):
-                group.woke_at = now
-                if not group.confirmed:
-                    await self.confirm(group)
+            if not group.confirmed and any(state in ("starting", "ready") for state in seen):
+                await self.confirm(group)
             if "cold" not in seen:
                 continue
-            key = env_key(group.serialized_env)
-            # the previous standby is renewed a little before its keep-alive ends
-            due = max(now - 0.9 * self.keep_alive_s, group.woke_at)
             for node in await self.nodes():
-                if not fits(node.resources, group.ray_actor_options):
-                    continue
-                if not await asyncio.to_thread(self.ledger.claim, f"{key}@{node.node_id}", now, due):
-                    continue
-                try:
-                    await asyncio.to_thread(prestart, node, group.serialized_env, self.keep_alive_s)
-                except Exception as error:  # a missing standby only makes the next cold start slower
-                    logger.warning("could not start a standby worker on node %s: %r", node.node_id[:8], error)
-                    continue
-                started += 1
-                logger.info("standby worker started on node %s for %s", node.node_id[:8], ", ".join(group.deployments))
+                if fits(node.resources, group.ray_actor_options) and await self.start_if_missing(group, node, now):
+                    started += 1
         return started
+
+    async def start_if_missing(self, group: _Group, node: Node, now: float) -> bool:
+        """Start a standby for `group` on `node` unless one is (or is assumed to be) there already."""
+        claim_key = f"{env_key(group.serialized_env)}@{node.node_id}"
+        if node.node_id == self.local_node:
+            if await asyncio.to_thread(local_standbys, group.marker, True):
+                return False
+            # none here: retry a start that did not show up only after a while, unless a replica took it
+            due = max(group.replica_started_at.get(node.node_id, 0.0), now - LOCAL_RETRY_S)
+        else:
+            due = max(group.replica_started_at.get(node.node_id, 0.0), now - self.keep_alive_s)
+        last = await asyncio.to_thread(self.ledger.last_start, claim_key)
+        if not await asyncio.to_thread(self.ledger.claim, claim_key, now, due):
+            return False
+        if node.node_id == self.local_node and last is not None and last > now - self.keep_alive_s:
+            logger.warning(
+                "the standby worker started on node %s %.0f s ago is gone or never appeared; starting another",
+                node.node_id[:8],
+                now - last,
+            )
+        try:
+            await asyncio.to_thread(prestart, node, group.serialized_env, self.keep_alive_s)
+        except Exception as error:  # a missing standby only makes the next cold start slower
+            logger.warning("could not start a standby worker on node %s: %r", node.node_id[:8], error)
+            return False
+        logger.info("standby worker started on node %s for %s", node.node_id[:8], ", ".join(group.deployments))
+        return True
 
     async def confirm(self, group: _Group) -> None:
         """Adopt the runtime env the group's replicas really got, if it differs from the computed one."""
-        classes = {f"ServeReplica:{self.app}:{deployment}" for deployment in group.deployments}
+        classes = {self.replica_class(deployment) for deployment in group.deployments}
         found = await asyncio.to_thread(actor_runtime_envs, classes)
         if not found:
             return
@@ -289,7 +382,7 @@ class StandbyKeeper:
         return nodes
 
     async def run(self, states: Callable[[str], Awaitable[tuple[int, str]]]) -> None:
-        """Check every few seconds, for the life of the ingress replica (`states`: `ModelStates.get`)."""
+        """Check every `check_s` seconds, for the life of the ingress replica (`states`: `ModelStates.get`)."""
         while True:
             try:
                 if not self.groups:
@@ -297,4 +390,4 @@ class StandbyKeeper:
                 await self.step(states)
             except Exception:
                 logger.exception("standby check failed")
-            await asyncio.sleep(CHECK_S)
+            await asyncio.sleep(self.check_s)

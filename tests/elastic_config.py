@@ -18,6 +18,9 @@ UNPLACEABLE = "test/unplaceable"
 TEST_ONLY_MODELS = frozenset({UNPLACEABLE})
 UNPLACEABLE_TIMEOUT_S = 3
 UNPLACEABLE_PREWARM = 2
+# The keeper checks every second (10 s by default) and an extra standby leaves after 3 s (30 s).
+STANDBY_CHECK_S = 1.0
+STANDBY_GRACE_S = 3.0
 
 FAST_SCALE_TO_ZERO = {
     "metrics_interval_s": 1,
@@ -29,7 +32,8 @@ FAST_SCALE_TO_ZERO = {
 
 
 def apply_elastic_overrides(args: dict[str, Any]) -> None:
-    """Shorten the elastic model's delays and add the unplaceable entry to the session's `args`."""
+    """Shorten the elastic model's delays and the standby checks, and add the unplaceable entry to the session's `args`."""
+    args.setdefault("gateway", {})["standby_check_s"] = STANDBY_CHECK_S
     for model in args["models"]:
         if model["id"] == ELASTIC_MODEL:
             scaling = model.setdefault("deployment", {}).setdefault("autoscaling_config", {})

@@ -16,17 +16,21 @@ from ray import serve
 
 from serve.config import AppArgs, slug
 from serve.ingress import STALE_READ_S
-from serve.standby import actor_runtime_envs, inherited_env, local_standbys
+from serve.app import application_runtime_env
+from serve.standby import actor_runtime_envs, alive_nodes, inherited_env, local_standbys, marker_of, prestart
 from tests.elastic_config import (
     ELASTIC_MODEL,
+    STANDBY_GRACE_S,
     UNPLACEABLE,
     UNPLACEABLE_PREWARM,
     UNPLACEABLE_TIMEOUT_S,
     apply_elastic_overrides,
 )
-from tests.helpers import APP_NAME, FLORENCE_LARGE, assert_error, chat, local_args
+from tests.hardening_apps import kill_replica, replica_actor_names
+from tests.helpers import APP_NAME, FLORENCE_LARGE, SIGLIP, assert_error, chat, local_args
 
 ELASTIC_DEPLOYMENT = slug(ELASTIC_MODEL)
+STANDBY_HOLD_S = 10.0
 
 
 def card(client: httpx.Client, model_id: str) -> dict:
@@ -115,7 +119,7 @@ def test_a_cold_start_runs_in_the_standby_worker(client, image_url):
     spec = next(s for s in AppArgs.model_validate(args).models if s.id == ELASTIC_MODEL)
     computed = inherited_env(
         next(iter(actor_runtime_envs({"ServeController"}))),
-        spec.serve_options()["ray_actor_options"]["runtime_env"],
+        spec.serve_options(app_env=application_runtime_env())["ray_actor_options"]["runtime_env"],
     )
     replica = f"ServeReplica:{APP_NAME}:{ELASTIC_DEPLOYMENT}"
     assert actor_runtime_envs({replica}) == {computed}
@@ -181,3 +185,106 @@ def test_interest_prewarms_a_cold_model_until_demand_fades(client):
     woken = wait_for(client, UNPLACEABLE, lambda m: m["state"] in ("starting", "pending"), "pre-warming", 20)
     assert woken["replicas"] == 0  # it can never run here; asked for is what counts
     wait_for(client, UNPLACEABLE, is_cold, "released after the interest window", 45)
+
+
+# ----- the standby count stays at one per node and runtime env -----
+
+
+def standby_key(model_id: str) -> str:
+    """The key of the runtime env of the coming-soon models' replicas (one env: one standby)."""
+    args = local_args()
+    apply_elastic_overrides(args)
+    spec = next(s for s in AppArgs.model_validate(args).models if s.id == model_id)
+    return marker_of(spec.serve_options(app_env=application_runtime_env())["ray_actor_options"])
+
+
+class StandbyWatch:
+    """Samples the number of idle standby workers of one env on this machine."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.counts: list[int] = []
+
+    def sample(self) -> int:
+        self.counts.append(len(local_standbys(self.key)))
+        return self.counts[-1]
+
+    def until(self, check: Callable[[int], bool], what: str, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while not check(self.sample()):
+            assert time.monotonic() < deadline, f"standby count not {what} within {limit_s} s: {self.counts[-20:]}"
+            time.sleep(0.25)
+
+    def hold(self, seconds: float, during: Callable[[], None] = lambda: None) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            during()
+            self.sample()
+            time.sleep(0.25)
+
+
+def keep_siglip_awake(client: httpx.Client) -> Callable[[], None]:
+    last = [0.0]
+
+    def poke() -> None:
+        if time.monotonic() - last[0] > 1.0:
+            response = client.post("/v1/embeddings", json={"model": SIGLIP, "input": "keep awake"})
+            assert response.status_code == 200, response.text
+            last[0] = time.monotonic()
+
+    return poke
+
+
+def test_one_standby_while_a_model_of_its_env_is_awake_and_after_kills(client):
+    """SigLIP2 is kept awake while the other coming-soon models (same runtime env) stay cold: the
+    keeper must keep exactly one standby through many of its checks (it used to start one every
+    check), also after SigLIP2's replica and the ingress are killed."""
+    watch = StandbyWatch(standby_key(SIGLIP))
+    poke = keep_siglip_awake(client)
+    poke()
+    deployment = slug(SIGLIP)
+    watch.until(lambda n: n == 1, "one", 60)
+    watch.hold(STANDBY_HOLD_S, poke)  # many keeper periods (1 s in tests)
+    assert max(watch.counts[-int(STANDBY_HOLD_S * 2):]) == 1, watch.counts
+
+    killed = kill_replica(APP_NAME, deployment)
+    deadline = time.monotonic() + 90
+    while not ((names := replica_actor_names(APP_NAME, deployment)) and killed not in names):
+        assert time.monotonic() < deadline, "the killed SigLIP2 replica was not replaced"
+        watch.sample()
+        time.sleep(0.25)
+    poke()
+    watch.until(lambda n: n == 1, "back to one after the replica kill", 60)
+    watch.hold(STANDBY_HOLD_S / 2, poke)
+    assert max(watch.counts) <= 1, watch.counts
+
+    killed = kill_replica(APP_NAME, "Gateway")
+    deadline = time.monotonic() + 90
+    while True:
+        names = replica_actor_names(APP_NAME, "Gateway")
+        if names and killed not in names:
+            try:
+                if client.get("/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        assert time.monotonic() < deadline, "the ingress was not restarted"
+        watch.sample()
+        time.sleep(0.25)
+    watch.hold(STANDBY_HOLD_S, poke)
+    assert max(watch.counts) <= 1 and watch.counts[-1] == 1, watch.counts
+
+
+def test_an_extra_standby_is_reclaimed(client):
+    """However a second standby of the same env comes to be on a node, it leaves by itself."""
+    key = standby_key(SIGLIP)
+    watch = StandbyWatch(key)
+    keep_siglip_awake(client)()
+    watch.until(lambda n: n == 1, "one", 60)
+    replica = f"ServeReplica:{APP_NAME}:{slug(SIGLIP)}"
+    env = next(iter(actor_runtime_envs({replica})))
+    prestart(alive_nodes()[0], env, keep_alive_s=3600)
+    watch.until(lambda n: n == 2, "two after asking Ray for a second one", 60)
+    watch.until(lambda n: n == 1, "one again after the grace period", 30)
+    watch.hold(STANDBY_GRACE_S + 2)
+    assert watch.counts[-1] == 1, watch.counts

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve.config import ModelSpec
-from serve.standby import PRELOAD_MARKER, PRELOAD_MODULE, StandbyLedger, fits, inherited_env, preloading
+from serve.standby import PRELOAD_MARKER, PRELOAD_MODULE, StandbyLedger, fits, inherited_env, marker_of, preloading
 
 
 def spec(**overrides) -> ModelSpec:
@@ -50,9 +50,19 @@ def test_an_operator_chosen_interpreter_rules_out_a_standby():
 def test_preloading_keeps_the_other_options_and_quotes_the_interpreter():
     options = {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}}}
     result = preloading(options, python="/opt/my env/bin/python")
-    assert result["num_cpus"] == 0.5 and result["runtime_env"]["env_vars"] == {"A": "1", PRELOAD_MARKER: "1"}
+    key = result["runtime_env"]["env_vars"][PRELOAD_MARKER]
+    assert result["num_cpus"] == 0.5 and result["runtime_env"]["env_vars"] == {"A": "1", PRELOAD_MARKER: key}
     assert shlex.split(result["runtime_env"]["py_executable"]) == ["/opt/my env/bin/python", "-m", PRELOAD_MODULE]
     assert options == {"num_cpus": 0.5, "runtime_env": {"env_vars": {"A": "1"}}}, "the input is not modified"
+
+
+def test_the_marker_is_a_key_of_the_env_equal_for_equal_envs_only():
+    a = preloading({"num_cpus": 0.25, "runtime_env": {"env_vars": {"A": "1"}}})
+    again = preloading({"num_cpus": 0.25, "runtime_env": {"env_vars": {"A": "1"}}})
+    other = preloading({"num_cpus": 0.25, "runtime_env": {"env_vars": {"A": "2"}}})
+    assert marker_of(a) == marker_of(again) and marker_of(a) != marker_of(other)
+    assert marker_of(preloading(a)) == marker_of(a), "preloading twice keeps the key"
+    assert marker_of({"num_cpus": 1}) is None
 
 
 def test_a_standby_goes_only_where_the_replica_could_run():
@@ -90,6 +100,7 @@ def test_a_standby_is_claimed_once_until_it_is_due_again(tmp_path):
     assert ledger.claim("env@other-node", now=105.0, started_before=50.0), "each node has its own"
     assert ledger.claim("env@node", now=200.0, started_before=150.0), "due again (renewal, or the model woke)"
     assert not StandbyLedger(tmp_path / "state.sqlite3").claim("env@node", now=201.0, started_before=150.0)
+    assert ledger.last_start("env@node") == 200.0 and ledger.last_start("env@nowhere") is None
 
 
 def test_of_many_ingress_replicas_claiming_at_once_exactly_one_wins(tmp_path):
