@@ -57,8 +57,14 @@ class VisionModel:
         self.dtype = self._pick_dtype()
         self._limit_threads()
         started = time.perf_counter()
-        with torch.inference_mode():
-            self.setup()
+        try:
+            with torch.inference_mode():
+                self.setup()
+        except Exception as error:
+            # Serve shows this (the first line) as the model's state_reason: name the checkpoint
+            # and the cause, e.g. a hub id that is not cached while HF_HUB_OFFLINE=1.
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RuntimeError(f"could not load the weights of {self.spec.id} from {self.source}: {first}") from error
         self.load_seconds = time.perf_counter() - started
         self.batches_run = 0
         self.items_run = 0
@@ -162,6 +168,11 @@ class VisionModel:
             "preloaded_at": float(os.environ[PRELOADED_AT_ENV]) if PRELOADED_AT_ENV in os.environ else None,
         }
 
+    async def environment(self, names: list[str]) -> dict[str, str | None]:
+        """The values of these environment variables in this replica's process (an operator's check
+        that the application's runtime_env reached it)."""
+        return {name: os.environ.get(name) for name in names}
+
     # ----- helpers for families -----
 
     def load(self, model_class: Any) -> None:
@@ -192,6 +203,60 @@ class VisionModel:
         gen.check(tokens, beams)
         return tokens, beams
 
+    # ----- text limits: every text is checked against the model's positions before it is queued -----
+
+    @property
+    def text_positions(self) -> int:
+        """Position embeddings of the model's text part: the most tokens it can hold in one sequence."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def text_tokens(self, text: str, **kwargs: Any) -> int:
+        """Tokens the processor makes of a prompt without an image (special tokens included)."""
+        return len(self.processor(text=[text], **kwargs)["input_ids"][0])
+
+    def measure_image_tokens(self, sample: str, **kwargs: Any) -> int:
+        """Tokens the processor adds to a prompt when an image comes with it (image tokens and their
+        markers), measured once at load with a small probe image, so real processors need no constants."""
+        probe = Image.new("RGB", (32, 32))
+        with_image = len(self.processor(text=[sample], images=[probe], **kwargs)["input_ids"][0])
+        return with_image - self.text_tokens(sample, **kwargs)
+
+    def check_context(
+        self, prompt_tokens: int, text: str | None, max_new_tokens: int, names: dict[str, str] | None, shared: bool
+    ) -> None:
+        """A 400 (`context_length_exceeded`) when a prompt, image tokens included, and the tokens to
+        generate do not fit the text model's positions.
+
+        `shared`: prompt and answer are one sequence (decoder-only), so together they must fit;
+        otherwise (encoder-decoder) each must fit on its own. `names` maps the arguments `text` and
+        `max_new_tokens` to the request's field names (the ingress passes its HTTP names; Python
+        callers get the argument names). The text is named unless the answer alone cannot fit.
+        """
+        limit = self.text_positions
+        used = prompt_tokens + max_new_tokens if shared else prompt_tokens
+        if used <= limit and max_new_tokens <= limit:
+            return
+        text_param = (names or {}).get("text", "text")
+        tokens_param = (names or {}).get("max_new_tokens", "max_new_tokens")
+        # Only to decide which field to name: the prompt less the text is what no text can shorten.
+        text_alone = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        fixed = prompt_tokens - text_alone
+        answer_room = limit - fixed if shared else limit
+        if max_new_tokens > answer_room:
+            prompt_part = f" and the prompt without text takes {fixed}" if shared else ""
+            raise context_exceeded(
+                f"{tokens_param} is {max_new_tokens}, but {self.spec.id} can generate at most {answer_room} tokens"
+                f" here: its context is {limit} tokens{prompt_part}",
+                tokens_param,
+            )
+        detail = f" and {max_new_tokens} more may be generated, {used} in all" if shared else ""
+        raise context_exceeded(
+            f"{text_param} is too long: the prompt comes to {prompt_tokens} tokens ({fixed} of them image, task and"
+            f" special tokens){detail}, but {self.spec.id} has a context of {limit} tokens; shorten the text by at"
+            f" least {used - limit} tokens",
+            text_param,
+        )
+
     def to_device(self, batch: Any) -> Any:
         """Move a processor output to the model's device, casting floating tensors to its dtype."""
         return batch.to(self.device).to(self.dtype) if hasattr(batch, "to") else batch
@@ -221,6 +286,11 @@ class VisionModel:
         threads = self.spec.torch_threads or max(1, round(float(self.spec.deployment.ray_actor_options.get("num_cpus", 1))))
         threads = min(threads, os.cpu_count() or threads)
         torch.set_num_threads(threads)
+
+
+def context_exceeded(message: str, param: str) -> APIError:
+    """A 400 for text beyond a model's limits, with OpenAI's code for it."""
+    return bad_request(message, param=param, code="context_length_exceeded")
 
 
 def _image_count(item: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ class Blip(VisionModel):
 
     def setup(self) -> None:
         self.load(AutoModelForImageTextToText)
+        # The image reaches the text decoder through cross-attention: no tokens in its sequence.
+        self.image_tokens = self.measure_image_tokens("a picture of")
 
     async def generate(
         self,
@@ -35,10 +38,24 @@ class Blip(VisionModel):
         text: str | None = None,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
+        param_names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Caption one image; with `text`, the caption continues that prefix."""
+        """Caption one image; with `text`, the caption continues that prefix.
+
+        Prefix and `max_new_tokens` share the text decoder's positions: more is a 400 naming `text`
+        or `max_new_tokens` as `param_names` maps them (see `VisionModel.check_context`).
+        """
         tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        return await self.submit(BlipItem(self.image(image), (text or "").strip(), tokens, beams))
+        picture = self.image(image)
+        prefix = (text or "").strip()
+        # Off the event loop: a long text takes a while to tokenize.
+        await asyncio.to_thread(self._check_prompt, prefix, tokens, param_names)
+        return await self.submit(BlipItem(picture, prefix, tokens, beams))
+
+    def _check_prompt(self, prefix: str, max_new_tokens: int, names: dict[str, str] | None) -> None:
+        # As `usage.prompt_tokens` counts it: without a prefix the decoder starts from its start token alone.
+        prompt_tokens = self.image_tokens + self.text_tokens(prefix) if prefix else 0
+        self.check_context(prompt_tokens, prefix, max_new_tokens, names, shared=True)
 
     def group_key(self, item: BlipItem) -> Hashable:
         return (item.prefix, item.max_new_tokens, item.num_beams)

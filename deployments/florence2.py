@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Hashable
@@ -37,6 +38,8 @@ class Florence2(VisionModel):
 
     def setup(self) -> None:
         self.load(AutoModelForImageTextToText)
+        # The encoder reads the image tokens, then the task prompt (text_tokens counts it, expanded).
+        self.image_tokens = self.measure_image_tokens("<CAPTION>")
 
     async def generate(
         self,
@@ -46,13 +49,26 @@ class Florence2(VisionModel):
         region: dict[str, float] | None = None,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
+        param_names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Run one task (name like `object-detection` or token like `<OD>`) on one image."""
+        """Run one task (name like `object-detection` or token like `<OD>`) on one image.
+
+        The prompt (image tokens, task prompt and text) must fit the encoder's positions and
+        `max_new_tokens` the decoder's, else 400; `param_names` names `text` and `max_new_tokens`
+        in that error as the caller's request does (see `VisionModel.check_context`).
+        """
         image = self.image(image)
         spec = self.task(task)
         tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        prompt = spec.prompt + self._task_input(spec, text, region, image)
+        task_input = self._task_input(spec, text, region, image)
+        prompt = spec.prompt + task_input
+        # Off the event loop: a long text takes a while to tokenize.
+        await asyncio.to_thread(self._check_prompt, prompt, task_input, tokens, param_names)
         return await self.submit(Florence2Item(image, spec, prompt, tokens, beams))
+
+    def _check_prompt(self, prompt: str, text: str, max_new_tokens: int, names: dict[str, str] | None) -> None:
+        prompt_tokens = self.image_tokens + self.text_tokens(prompt)
+        self.check_context(prompt_tokens, text, max_new_tokens, names, shared=False)
 
     def _task_input(self, task: Task, text: str | None, region: dict[str, float] | None, image: Image.Image) -> str:
         if task.input == "none":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ class Kosmos2(VisionModel):
 
     def setup(self) -> None:
         self.load(AutoModelForImageTextToText)
+        # `<image>`, the image's latent tokens and `</image>` come before the prompt in one sequence.
+        self.image_tokens = self.measure_image_tokens(DEFAULT_CAPTION_PROMPT)
 
     async def generate(
         self,
@@ -45,13 +48,28 @@ class Kosmos2(VisionModel):
         region: dict[str, float] | None = None,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
+        param_names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Run one Kosmos-2 task on one image; entities carry phrase, span and boxes (normalised and pixels)."""
+        """Run one Kosmos-2 task on one image; entities carry phrase, span and boxes (normalised and pixels).
+
+        Image tokens, prompt and `max_new_tokens` share the text model's positions: more is a 400
+        naming `text` or `max_new_tokens` as `param_names` maps them (see `VisionModel.check_context`).
+        """
         image = self.image(image)
         spec = self.task(task)
         tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        prompt, box = build_prompt(spec.name, (text or "").strip(), region, image.size)
+        text = (text or "").strip()
+        prompt, box = build_prompt(spec.name, text, region, image.size)
+        # Off the event loop: a long text takes a while to tokenize.
+        await asyncio.to_thread(self._check_prompt, prompt, box, text, tokens, param_names)
         return await self.submit(Kosmos2Item(image, spec.name, prompt, box, tokens, beams))
+
+    def _check_prompt(
+        self, prompt: str, box: Box | None, text: str, max_new_tokens: int, names: dict[str, str] | None
+    ) -> None:
+        boxes = None if box is None else [[box]]
+        prompt_tokens = self.image_tokens + self.text_tokens(prompt, bboxes=boxes)
+        self.check_context(prompt_tokens, text, max_new_tokens, names, shared=True)
 
     def group_key(self, item: Kosmos2Item) -> Hashable:
         # Equal prompts (and one box or none) tokenize to equal lengths, so no row needs padding.

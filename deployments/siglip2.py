@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoModel
 
-from deployments.base import VisionModel
+from deployments.base import VisionModel, context_exceeded
 from serve.errors import bad_request
 
 
@@ -23,7 +24,9 @@ class Siglip2Options(BaseModel):
     max_num_patches: int = Field(256, ge=1, description="default naflex patch budget")
     min_num_patches: int = Field(16, ge=1)
     max_num_patches_cap: int = Field(1024, ge=1)
-    text_max_length: int = Field(64, ge=1, description="texts are padded to this many tokens, as in training")
+    text_max_length: int = Field(
+        64, ge=1, description="texts are padded to this many tokens, as in training; longer texts are refused"
+    )
     prompt_template: str = "This is a photo of {label}."
 
     @model_validator(mode="after")
@@ -70,6 +73,12 @@ class Siglip2(VisionModel):
         self.load(AutoModel)
         # Texts are padded to a fixed length on the right, as SigLIP2 was trained.
         self.processor.tokenizer.padding_side = "right"
+        positions = self.text_positions
+        if self.options.text_max_length > positions:
+            raise ValueError(
+                f"siglip2 options: text_max_length {self.options.text_max_length} exceeds the text model's"
+                f" {positions} position embeddings"
+            )
 
     async def embed_images(
         self, images: list[Image.Image | bytes], max_num_patches: int | None = None
@@ -80,10 +89,16 @@ class Siglip2(VisionModel):
         pictures = [self.image(image, f"input[{i}]") for i, image in enumerate(images)]
         return await self.submit(ImagesItem(pictures, self._patches(max_num_patches)))
 
-    async def embed_texts(self, texts: list[str]) -> dict[str, Any]:
-        """L2-normalised embeddings of texts, one row per text."""
+    async def embed_texts(self, texts: list[str], params: list[str] | None = None) -> dict[str, Any]:
+        """L2-normalised embeddings of texts, one row per text.
+
+        A text over `text_max_length` tokens is a 400 naming it as `params` does (the request's
+        paths, e.g. `input[3]`; `texts[i]` by default), never silently truncated.
+        """
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise bad_request("texts must be a non-empty list of non-empty strings", param="input")
+        names = params or [f"texts[{i}]" for i in range(len(texts))]
+        await asyncio.to_thread(self._check_texts, list(texts), names)
         return await self.submit(TextsItem(list(texts)))
 
     async def classify(
@@ -93,24 +108,69 @@ class Siglip2(VisionModel):
         template: str | None = None,
         max_num_patches: int | None = None,
     ) -> dict[str, Any]:
-        """Sigmoid probability of each label for the image, highest first."""
+        """Sigmoid probability of each label for the image, highest first.
+
+        Each label in the template must fit `text_max_length` tokens, else a 400 naming `labels[i]`
+        (or `prompt_template`, when the template alone leaves no room); never truncated.
+        """
         if not labels:
             raise bad_request("labels must not be empty", param="labels")
+        custom_template = bool(template)
         template = template or self.options.prompt_template
         if "{label}" not in template:
             raise bad_request("prompt_template must contain '{label}'", param="prompt_template")
         prompts = [template.replace("{label}", label) for label in labels]
-        item = ClassifyItem(self.image(image), list(labels), prompts, self._patches(max_num_patches))
+        picture = self.image(image)
+        await asyncio.to_thread(self._check_prompts, prompts, template, custom_template)
+        item = ClassifyItem(picture, list(labels), prompts, self._patches(max_num_patches))
         return await self.submit(item)
 
     async def score(
         self, images: list[Image.Image | bytes], texts: list[str], max_num_patches: int | None = None
     ) -> dict[str, Any]:
-        """Sigmoid image-text match probabilities: one row per image, one column per text."""
+        """Sigmoid image-text match probabilities: one row per image, one column per text.
+
+        A text over `text_max_length` tokens is a 400 naming `texts[i]`; never truncated.
+        """
         if not images or not texts or any(not isinstance(t, str) or not t for t in texts):
             raise bad_request("scoring needs at least one image and one non-empty text", param="texts")
         pictures = [self.image(image, f"images[{i}]") for i, image in enumerate(images)]
+        await asyncio.to_thread(self._check_texts, list(texts), [f"texts[{i}]" for i in range(len(texts))])
         return await self.submit(ScoreItem(pictures, list(texts), self._patches(max_num_patches)))
+
+    # ----- text limits -----
+    # SigLIP2 reads every text padded to `text_max_length` tokens (64, as trained). Its reference
+    # pipeline truncates longer texts; here they are refused, so that an embedding, score or label
+    # probability always describes the whole text that was sent.
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text as the model would read it, special tokens included, before padding."""
+        return [len(ids) for ids in self.processor.tokenizer(texts, padding=False, truncation=False)["input_ids"]]
+
+    def _check_texts(self, texts: list[str], params: list[str]) -> None:
+        limit = self.options.text_max_length
+        for param, count in zip(params, self.token_counts(texts)):
+            if count > limit:
+                raise context_exceeded(
+                    f"{param} is {count} tokens, but {self.spec.id} reads at most {limit} tokens of text", param
+                )
+
+    def _check_prompts(self, prompts: list[str], template: str, custom_template: bool) -> None:
+        limit = self.options.text_max_length
+        bare = self.token_counts([template.replace("{label}", "")])[0]
+        if custom_template and bare >= limit:
+            raise context_exceeded(
+                f"prompt_template is {bare} tokens without a label, but {self.spec.id} reads at most {limit}"
+                " tokens of text: no room is left for the label",
+                "prompt_template",
+            )
+        for i, count in enumerate(self.token_counts(prompts)):
+            if count > limit:
+                raise context_exceeded(
+                    f"labels[{i}] is too long: in the prompt template it makes {count} tokens, but {self.spec.id}"
+                    f" reads at most {limit} tokens of text",
+                    f"labels[{i}]",
+                )
 
     def _patches(self, requested: int | None) -> int:
         if requested is None:
