@@ -1,4 +1,10 @@
-"""The HTTP protocol: OpenAI-shaped request and response models, validated before anything reaches a model."""
+"""The HTTP protocol: OpenAI-shaped request and response models, validated before anything reaches a model.
+
+The request schemas (so /openapi.json) also state what the gateway checks later, in the route or the
+image loader (URL forms, non-blank strings, list sizes), as schema-only extras: validation here
+accepts what it did and each check keeps its own message. Caps that are operator settings are marked
+`x-limit: <GatewayConfig field>`, which `serve.validation` turns into the running config's `maxItems`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import uuid
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from serve.errors import bad_request
 
@@ -17,6 +23,25 @@ from serve.errors import bad_request
 class Request(BaseModel):
     # OpenAI clients send fields we do not use (user, seed, ...): accept and ignore them.
     model_config = ConfigDict(extra="ignore")
+
+
+# The image URLs serve/images.py loads: data:image/<type>;base64,<data> or http(s)://<host>...,
+# schemes and media type in any letter case. As JSON Schema (ECMA-262) patterns: no inline flags.
+_DATA_IMAGE_URL = r"[Dd][Aa][Tt][Aa]:\s*[Ii][Mm][Aa][Gg][Ee]/[A-Za-z0-9][A-Za-z0-9.+-]*\s*;\s*[Bb][Aa][Ss][Ee]64\s*,"
+_HTTP_URL = r"[Hh][Tt][Tt][Pp][Ss]?://"
+DATA_IMAGE_URL_PATTERN = f"^{_DATA_IMAGE_URL}"
+IMAGE_URL_PATTERN = f"^(?:{_DATA_IMAGE_URL}|{_HTTP_URL})"
+# A string with something besides whitespace, as the label and text checks below require.
+NOT_BLANK_PATTERN = r"\S"
+
+
+TOKENS = "at most the model's generation.max_new_tokens_cap"
+BEAMS = "at most the model's generation.num_beams_cap"
+PATCHES = "SigLIP2 naflex patch budget (extension): within the model's min_num_patches..max_num_patches_cap"
+
+ImageURLString = Annotated[str, Field(json_schema_extra={"pattern": IMAGE_URL_PATTERN})]
+NotBlank = Annotated[str, Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN})]
+NotEmpty = Annotated[str, Field(json_schema_extra={"minLength": 1})]
 
 
 # ----- chat completions -----
@@ -28,7 +53,7 @@ class TextPart(BaseModel):
 
 
 class ImageURL(BaseModel):
-    url: str = Field(min_length=1)
+    url: ImageURLString = Field(min_length=1, description="data:image/<type>;base64,<data> or http(s) URL")
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -51,10 +76,13 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(Request):
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    num_beams: int | None = Field(None, ge=1, description="beam search width (extension)")
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        description="the last user message must hold exactly one image_url part; its text parts select the task",
+    )
+    max_tokens: int | None = Field(None, ge=1, description=TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, description=TOKENS)
+    num_beams: int | None = Field(None, ge=1, description=f"beam search width (extension); {BEAMS}")
     n: int = Field(1, ge=1, le=1, description="only one choice is produced")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -140,15 +168,23 @@ class ChatCompletion(BaseModel):
 
 class EmbeddingRequest(Request):
     model: str = Field(min_length=1)
-    input: str | list[str] = Field(description="texts, or image URLs (data: or http(s)) with modality 'image'")
+    input: NotEmpty | Annotated[
+        list[NotEmpty], Field(json_schema_extra={"x-limit": "max_inputs_per_request", "minItems": 1})
+    ] = Field(
+        description="texts, or image URLs (data: or http(s)) with modality 'image'; no empty strings. Image inputs:"
+        " at most max_images_per_request"
+    )
     encoding_format: Literal["float", "base64"] = "float"
     modality: Literal["text", "image"] | None = Field(
         None,
         description="'text' or 'image' (extension). When omitted: 'image' if every input is a"
         " data:image/ URL, else 'text'.",
     )
-    max_num_patches: int | None = Field(None, ge=1, description="SigLIP2 naflex patch budget (extension)")
-    dimensions: int | None = Field(None, ge=1)
+    max_num_patches: int | None = Field(None, ge=1, description=PATCHES)
+    # Accepted for OpenAI compatibility, but any value is refused: embeddings have the model's own size.
+    dimensions: Annotated[
+        int | None, WithJsonSchema({"type": "null", "description": "not supported: omit it or send null"})
+    ] = Field(None, ge=1)
 
     @field_validator("input")
     @classmethod
@@ -192,12 +228,14 @@ class EmbeddingResponse(BaseModel):
 
 class ClassificationRequest(Request):
     model: str = Field(min_length=1)
-    image: str = Field(min_length=1, description="data: or http(s) image URL")
-    labels: list[str] = Field(min_length=1, description="candidate labels")
-    prompt_template: str | None = Field(
+    image: ImageURLString = Field(min_length=1, description="data: or http(s) image URL")
+    labels: list[NotBlank] = Field(
+        min_length=1, description="candidate labels", json_schema_extra={"x-limit": "max_labels"}
+    )
+    prompt_template: Annotated[str, Field(json_schema_extra={"pattern": r"\{label\}"})] | None = Field(
         None, description="how a label becomes text; must contain '{label}'. Default: 'This is a photo of {label}.'"
     )
-    max_num_patches: int | None = Field(None, ge=1)
+    max_num_patches: int | None = Field(None, ge=1, description=PATCHES)
 
     @field_validator("labels")
     @classmethod
@@ -231,9 +269,11 @@ class ClassificationResponse(BaseModel):
 
 class ScoreRequest(Request):
     model: str = Field(min_length=1)
-    images: list[str] = Field(min_length=1, description="data: or http(s) image URLs")
-    texts: list[str] = Field(min_length=1)
-    max_num_patches: int | None = Field(None, ge=1)
+    images: list[ImageURLString] = Field(
+        min_length=1, description="data: or http(s) image URLs", json_schema_extra={"x-limit": "max_images_per_request"}
+    )
+    texts: list[NotBlank] = Field(min_length=1, json_schema_extra={"x-limit": "max_labels"})
+    max_num_patches: int | None = Field(None, ge=1, description=PATCHES)
 
     @field_validator("texts")
     @classmethod
@@ -264,12 +304,14 @@ class Region(BaseModel):
 
 
 class VisionTaskRequest(Request):
-    image_url: str = Field(min_length=1, description="data: or http(s) image URL")
-    text_input: str | None = Field(None, description="the task's text input, where it takes one")
-    region: Region | None = Field(None, description="the task's region in pixels, where it takes one")
+    image_url: ImageURLString = Field(min_length=1, description="data: or http(s) image URL")
+    text_input: str | None = Field(None, description="the task's text input: required where it takes one, else refused")
+    region: Region | None = Field(
+        None, description="pixels, x1 < x2 <= width, y1 < y2 <= height: required where the task takes one, else refused"
+    )
     include_image: bool = Field(False, description="also return the input annotated with the results")
-    max_tokens: int | None = Field(None, ge=1)
-    num_beams: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description=TOKENS)
+    num_beams: int | None = Field(None, ge=1, description=BEAMS)
 
 
 class AnnotatedImage(BaseModel):
