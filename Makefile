@@ -15,6 +15,9 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 # Keep a local Ray on 127.0.0.1 instead of the machine's network address.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+# Serve's HTTP proxy answers its own errors in the gateway's envelope and resends a request whose
+# ingress replica died (serve/proxy_errors.py).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve.proxy_errors:middlewares
 
 .PHONY: install checkpoints run test bench soak clean
 
@@ -29,7 +32,10 @@ $(VENV)/.installed: pyproject.toml
 checkpoints: install
 	$(PY) -m deployments.tiny --out $(CHECKPOINTS)
 
+# `serve run` in the foreground; beside it, serve.announce prints one line once every live model
+# has a replica (GET /health/ready), with the address.
 run: checkpoints
+	$(PY) -m serve.announce --config $(CONFIG) & \
 	$(VENV)/bin/serve run $(CONFIG)
 
 test: checkpoints

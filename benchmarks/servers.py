@@ -156,8 +156,12 @@ class GatewayStack:
         import ray
         from ray import serve
 
+        from serve.proxy_errors import CALLBACK_ENV, CALLBACK_PATH
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Serve's proxy (started below, inheriting this environment) answers its own errors in the envelope.
+        os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
         # address="local": always a new Ray of our own, never one another test run on this machine started.
         ray.init(
             address="local",

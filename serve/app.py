@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 
@@ -16,21 +17,37 @@ from serve.ingress import Gateway
 logger = logging.getLogger("gigarouter.app")
 
 
+def application_runtime_env() -> dict[str, Any]:
+    """The runtime_env this builder runs in: under `serve run`/`serve deploy` of a config file, the
+    application's `runtime_env` (over the job's); under `serve.run` from Python, the driver's job env.
+
+    Serve hands it only to deployments that set no runtime_env of their own, and every deployment
+    here sets one, so `build_app` merges it into each (the operator's values win over ours).
+    """
+    if not ray.is_initialized():
+        return {}
+    env = ray.get_runtime_context().runtime_env
+    return {key: value for key, value in dict(env or {}).items() if value not in (None, {}, [], "")}
+
+
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """Bind one deployment per catalog entry and the ingress that routes to them."""
     args = AppArgs.model_validate(args)
     gateway = args.gateway.model_copy(update={"demand_db": str(Path(args.gateway.demand_db).expanduser().resolve())})
+    app_env = application_runtime_env()
     handles = {}
     standbys = {}
     for spec in args.models:
         source = args.resolve_source(spec.source)
-        options = spec.serve_options(demand_db=gateway.demand_db)
+        options = spec.serve_options(demand_db=gateway.demand_db, app_env=app_env)
         handles[spec.id] = serve.deployment(FAMILIES[spec.family]).options(**options).bind(spec.model_dump(), source)
-        if spec.uses_standby:
+        if spec.standby_with(app_env):
             # the ingress starts standby workers with exactly the runtime env the replicas get
             standbys[spec.deployment_name] = options["ray_actor_options"]
+        elif spec.uses_standby:
+            logger.warning("model %s: no standby worker: the application's runtime_env picks its own interpreter", spec.id)
         logger.info("model %s (%s) from %s as deployment %s", spec.id, spec.family, source, spec.deployment_name)
-    return Gateway.options(**gateway.serve_options()).bind(
+    return Gateway.options(**gateway.serve_options(app_env)).bind(
         gateway.model_dump(),
         [spec.model_dump() for spec in args.models],
         handles,

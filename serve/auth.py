@@ -26,7 +26,7 @@ _DIGEST_LINE = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _MIN_KEY_CHARS = 16
 
 # Paths anyone may call without a key: liveness and the API description.
-OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 class AuthConfig(BaseModel):

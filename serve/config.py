@@ -91,11 +91,23 @@ REPLICA_ENV: dict[str, str] = {
 }
 
 
-def with_env(ray_actor_options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """`ray_actor_options` whose runtime_env also sets `env`; variables already set there win."""
-    runtime_env = dict(ray_actor_options.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+def with_env(ray_actor_options: dict[str, Any], env: dict[str, str], app_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`ray_actor_options` whose runtime_env adds the application's (`app_env`) and our `env` variables.
+
+    Serve gives a deployment that sets its own runtime_env that env instead of the application's,
+    so the application's fields and variables are merged in here. Precedence, lowest first: our
+    `env`, the application's runtime_env, the deployment's own runtime_env (operator values win).
+    """
+    app_env = dict(app_env or {})
+    own = dict(ray_actor_options.get("runtime_env") or {})
+    runtime_env = {**{k: v for k, v in app_env.items() if k != "env_vars"}, **own}
+    runtime_env["env_vars"] = {**env, **(app_env.get("env_vars") or {}), **(own.get("env_vars") or {})}
     return {**ray_actor_options, "runtime_env": runtime_env}
+
+
+def picks_interpreter(runtime_env: dict[str, Any] | None) -> list[str]:
+    """The runtime_env keys that choose another interpreter or environment (standby workers cannot match those)."""
+    return [key for key in INTERPRETER_KEYS if key in (runtime_env or {})]
 
 
 class DemandPolicy(Strict):
@@ -213,8 +225,7 @@ class ModelSpec(Strict):
             if "policy" in (dep.autoscaling_config or {}):
                 raise ValueError(f"model {self.id}: set demand_policy or autoscaling_config.policy, not both")
         if self.uses_standby:
-            runtime_env = dep.ray_actor_options.get("runtime_env") or {}
-            chosen = [key for key in INTERPRETER_KEYS if key in runtime_env]
+            chosen = picks_interpreter(dep.ray_actor_options.get("runtime_env"))
             if chosen:
                 raise ValueError(
                     f"model {self.id}: standby_worker needs Ray's default Python, but"
@@ -242,14 +253,24 @@ class ModelSpec(Strict):
             return int({**defaults, **self.deployment.autoscaling_config}.get("min_replicas", 1))
         return 0 if self.status == "coming_soon" else 1
 
-    def serve_options(self, source: str | None = None, demand_db: str | None = None) -> dict[str, Any]:
-        """The keyword arguments of `Deployment.options` for this model (`demand_db`: for `demand_policy`)."""
+    def standby_with(self, app_env: dict[str, Any] | None) -> bool:
+        """Whether this model gets a standby worker inside an application whose runtime_env is `app_env`."""
+        return self.uses_standby and not picks_interpreter(app_env)
+
+    def serve_options(
+        self, source: str | None = None, demand_db: str | None = None, app_env: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of `Deployment.options` for this model.
+
+        `demand_db`: for `demand_policy`; `app_env`: the application's runtime_env, merged into the
+        replicas' (Serve would otherwise drop it for a deployment that sets its own).
+        """
         dep = self.deployment
         options: dict[str, Any] = {
             "name": self.deployment_name,
             "max_ongoing_requests": dep.max_ongoing_requests,
             "max_queued_requests": dep.max_queued_requests,
-            "ray_actor_options": with_env(dep.ray_actor_options, {**REPLICA_ENV, **self.thread_env}),
+            "ray_actor_options": with_env(dep.ray_actor_options, {**REPLICA_ENV, **self.thread_env}, app_env),
             "user_config": self.batching.model_dump(),
         }
         if dep.num_replicas is not None:
@@ -265,7 +286,7 @@ class ModelSpec(Strict):
                 "policy_function": DEMAND_POLICY_PATH,
                 "policy_kwargs": {"model_id": self.id, "demand_db": demand_db, **self.demand_policy.model_dump()},
             }
-        if self.uses_standby:
+        if self.standby_with(app_env):
             options["ray_actor_options"] = preloading(options["ray_actor_options"])
         for key in ("health_check_period_s", "graceful_shutdown_timeout_s", "max_constructor_retry_count"):
             if getattr(dep, key) is not None:
@@ -301,6 +322,9 @@ class GatewayConfig(Strict):
         description="how long Ray keeps a model's idle standby worker before it may reclaim it; the gateway"
         " starts a new one shortly before",
     )
+    standby_check_s: float = Field(
+        10.0, ge=0.5, le=300, description="how often the ingress checks that each cold model's standby worker is there"
+    )
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
     max_ongoing_requests: int = Field(256, ge=1)
 
@@ -310,11 +334,11 @@ class GatewayConfig(Strict):
             raise ValueError("gateway.rate_limit.key is api_key but gateway.auth is off: turn auth on or use client_ip")
         return self
 
-    def serve_options(self) -> dict[str, Any]:
-        """The keyword arguments of `Deployment.options` for the ingress."""
+    def serve_options(self, app_env: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of `Deployment.options` for the ingress (`app_env`: as for the models)."""
         return {
             "num_replicas": self.num_replicas,
-            "ray_actor_options": with_env(self.ray_actor_options, REPLICA_ENV),
+            "ray_actor_options": with_env(self.ray_actor_options, REPLICA_ENV, app_env),
             "max_ongoing_requests": self.max_ongoing_requests,
         }
 
@@ -340,10 +364,33 @@ class AppArgs(Strict):
         return self
 
     def resolve_source(self, source: str) -> str:
-        """A local checkpoint directory as an absolute path (replicas run elsewhere); a hub id unchanged."""
-        base = Path(self.checkpoint_dir) if self.checkpoint_dir else Path.cwd()
-        candidate = Path(source) if Path(source).is_absolute() else base / source
-        return str(candidate.resolve()) if candidate.is_dir() else source
+        """A local checkpoint directory as an absolute path (replicas run elsewhere); a hub id unchanged.
+
+        A source that is not a hub id (`owner/name`) is a local folder and must exist: a replica
+        would otherwise ask the hub for it and retry for minutes instead of failing.
+        """
+        base = Path(self.checkpoint_dir).expanduser() if self.checkpoint_dir else Path.cwd()
+        candidate = Path(source).expanduser()
+        candidate = candidate if candidate.is_absolute() else base / candidate
+        if candidate.is_dir():
+            return str(candidate.resolve())
+        if HUB_ID.fullmatch(source) and not source.startswith((".", "~", "/")):
+            return source
+        hint = " (build the tiny local checkpoints with `make checkpoints`)" if self.checkpoint_dir else ""
+        raise ValueError(f"checkpoint folder {candidate.resolve()} does not exist{hint}")
+
+    @model_validator(mode="after")
+    def _sources_exist(self) -> AppArgs:
+        for model in self.models:
+            try:
+                self.resolve_source(model.source)
+            except ValueError as error:
+                raise ValueError(f"model {model.id}: {error}") from None
+        return self
+
+
+# A Hugging Face hub repository id: `owner/name`.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def slug(model_id: str) -> str:

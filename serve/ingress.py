@@ -6,6 +6,7 @@
 import asyncio
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,6 +35,7 @@ from serve.errors import (
     model_unavailable,
     short_reason,
 )
+from serve.health import Readiness
 from serve.images import load_image
 from serve.limits import Guard, GuardMiddleware
 from serve.protocol import (
@@ -62,7 +64,7 @@ from serve.protocol import (
     checked_region,
     encode_vector,
 )
-from serve.standby import StandbyKeeper, StandbyLedger
+from serve.standby import StandbyKeeper, StandbyLedger, alive_actors
 from serve.validation import document_error_envelope, validation_error
 
 logger = logging.getLogger("gigarouter.ingress")
@@ -76,8 +78,12 @@ app = FastAPI(
 
 def _openapi() -> dict[str, Any]:
     if app.openapi_schema is None:
+        try:  # in a Serve replica: this gateway's caps and auth; elsewhere (tests) the default config's
+            config = serve.get_replica_context().servable_object.config
+        except (serve.exceptions.RayServeException, AttributeError):
+            config = None
         app.openapi_schema = document_error_envelope(
-            get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes), config
         )
     return app.openapi_schema
 
@@ -122,6 +128,22 @@ COLD_QUEUE_RETRY_S = 0.5
 # stretch with no traffic, so for such a model the read still says whether the request is a cold
 # start. (Reads themselves are frequent, e.g. the standby keeper's, and may predate a scale-down.)
 STALE_READ_S = 5.0
+# Serve's status message while it replaces a replica that died or failed its health check: the
+# model is recovering (requests wait for the replacement), not broken.
+REPLACING_PREFIX = "A replica's health check failed"
+# Errors that mean the replica a request was sent to is gone. Inference calls are idempotent, so
+# such a request is sent once more (to another replica, or the replacement) before it fails.
+# How long after a request saw a replica of a model die a full queue of that model is taken for
+# requests waiting for the replacement rather than for overload.
+REPLACEMENT_WINDOW_S = 30.0
+ALIVE_CACHE_S = 0.5
+
+
+class ResponseCancelled(Exception):
+    """A model call that Serve cancelled while the caller still waited (its replica went away)."""
+
+
+REPLICA_LOST = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, ResponseCancelled)
 
 
 def _replica_guard() -> Guard | None:
@@ -144,23 +166,29 @@ class ModelStates:
         self._lock = asyncio.Lock()
         self._background: asyncio.Task | None = None
         self._routed: dict[str, float] = {}
+        self._alive: dict[str, tuple[float, int]] = {}
 
     async def get(self, deployment: str) -> tuple[int, str]:
         """(running replicas, state) of a deployment: state is cold, starting, pending, ready or unavailable."""
         running, state, _ = await self.describe(deployment)
         return running, state
 
-    async def describe(self, deployment: str, fresh: bool = True) -> tuple[int, str, str | None]:
+    async def describe(
+        self, deployment: str, fresh: bool = True, max_age_s: float | None = None
+    ) -> tuple[int, str, str | None]:
         """(running replicas, state, reason): the reason is Serve's status message while the model is not ready.
 
         `fresh=False` (the request path) accepts a read up to `STALE_READ_S` old and refreshes it in
         the background, so a request under steady traffic never waits for Serve; the first request
         after a quiet spell, when the model may just have gone back to zero, waits for a read taken
-        now (not even one `status_cache_s` old: that could predate the scale-down).
+        now (not even one `status_cache_s` old: that could predate the scale-down). `max_age_s` asks
+        for a read at most that old.
         """
         now = time.monotonic()
         recent = now - self._routed.get(deployment, -math.inf) < STALE_READ_S
-        if fresh:
+        if max_age_s is not None:
+            await self._read(max_age_s=max_age_s)
+        elif fresh:
             await self._refresh()
         else:
             self._routed[deployment] = now
@@ -174,6 +202,8 @@ class ModelStates:
             return running, "ready", None
         status = getattr(overview.status, "value", str(overview.status))
         message = (overview.message or "").strip() or None
+        if status == "UNHEALTHY" and (message or "").startswith(REPLACING_PREFIX):
+            return 0, "starting", "a replica stopped; Serve is starting its replacement"
         if status in ("UNHEALTHY", "DEPLOY_FAILED"):
             # Serve's message carries the replica's traceback: clients get its gist only.
             return 0, "unavailable", short_reason(message) or f"deployment status {status}"
@@ -184,6 +214,16 @@ class ModelStates:
                 return 0, "pending", message
             return 0, "starting", message
         return 0, "cold", None
+
+    async def alive_replicas(self, deployment: str) -> int:
+        """How many replica actors of a deployment Ray has alive now (re-read at most every ALIVE_CACHE_S)."""
+        read_at, count = self._alive.get(deployment, (-math.inf, 0))
+        if time.monotonic() - read_at >= ALIVE_CACHE_S:
+            app_name = serve.get_replica_context().app_name
+            actors = await asyncio.to_thread(alive_actors, {f"ServeReplica:{app_name}:{deployment}"})
+            count = len(actors)
+            self._alive[deployment] = (time.monotonic(), count)
+        return count
 
     def invalidate(self) -> None:
         """Make the next read fresh, e.g. once a cold model has answered (its replica is up now)."""
@@ -230,13 +270,27 @@ class Gateway:
         self.states = ModelStates(self.config.status_cache_s)
         self.guard = Guard.from_config(self.config.max_body_bytes, self.config.auth, self.config.rate_limit)
         self.demand = DemandStore(self.config.demand_db)
+        self.replica_lost_at: dict[str, float] = {}  # model id -> when a request last saw its replica die
         self._standby_task = None
         if standbys:
             app_name = serve.get_replica_context().app_name
             ledger = StandbyLedger(self.config.demand_db)
-            keeper = StandbyKeeper(app_name, standbys, ledger, self.config.standby_keep_alive_s)
+            keeper = StandbyKeeper(
+                app_name, standbys, ledger, self.config.standby_keep_alive_s, self.config.standby_check_s
+            )
             # Serve runs the constructor on the replica's event loop; the keeper lives as long as it
             self._standby_task = asyncio.get_running_loop().create_task(keeper.run(self.states.get))
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica: end the keeper before the event loop's
+        # executor goes away under it
+        if getattr(self, "_standby_task", None) is not None:
+            self._standby_task.cancel()
+
+    async def environment(self, names: list[str]) -> dict[str, str | None]:
+        """The values of these environment variables in this ingress replica's process (for handles:
+        an operator's check that the application's runtime_env reached it)."""
+        return {name: os.environ.get(name) for name in names}
 
     # ----- routing -----
 
@@ -271,12 +325,14 @@ class Gateway:
         """Call a model deployment, waiting through a cold start if it has no replica; (result, was_cold).
 
         A model whose deployment failed (or is unhealthy with no running replica) answers 503 at
-        once, and so does a request already waiting when that happens. A full queue
-        (`max_queued_requests`) is 503 with Retry-After, except for a request that arrived while
-        the model had no replica: during a cold start every request waits in that queue for the
-        first replica, so a rejected one is sent again every COLD_QUEUE_RETRY_S until it gets a
-        place or its cold-start timeout passes (504), rather than shed. Such waiters are bounded
-        by the ingress's own `max_ongoing_requests`.
+        once, and so does a request already waiting when that happens. A model whose replica died
+        and is being replaced is waited for like a cold start. A request whose replica died under
+        it is sent once more (inference is idempotent), with the cold-start timeout, so that it
+        reaches the replacement. A full queue (`max_queued_requests`) is 503 with Retry-After,
+        except for a request that arrived while the model had no replica: during a cold start every
+        request waits in that queue for the first replica, so a rejected one is sent again every
+        COLD_QUEUE_RETRY_S until it gets a place or its cold-start timeout passes (504), rather
+        than shed. Such waiters are bounded by the ingress's own `max_ongoing_requests`.
         """
         running, state, reason = await self.states.describe(spec.deployment_name, fresh=False)
         if state == "unavailable":
@@ -285,6 +341,7 @@ class Gateway:
         cold_timeout = spec.cold_start_timeout_s or self.config.cold_start_timeout_s
         timeout = cold_timeout if cold else self.config.request_timeout_s
         deadline = time.monotonic() + timeout
+        resent = False
         while True:
             response = None
             try:
@@ -308,6 +365,12 @@ class Gateway:
                     headers={"Retry-After": "10"},
                 )
             except BackPressureError as error:
+                if not cold and await self.replacing(spec):
+                    # the queue is full because a replica died and its replacement is starting:
+                    # waited out like a cold start (a full queue in front of running replicas is
+                    # real overload, and is shed)
+                    cold, timeout = True, cold_timeout
+                    deadline = time.monotonic() + timeout
                 if cold and time.monotonic() + COLD_QUEUE_RETRY_S < deadline:
                     await asyncio.sleep(COLD_QUEUE_RETRY_S)
                     continue
@@ -320,9 +383,15 @@ class Gateway:
                 )
             except DeploymentUnavailableError:
                 raise model_unavailable(spec.id, "its deployment failed")
-            except (RayActorError, ActorUnavailableError) as error:
+            except REPLICA_LOST as error:
                 # The replica died or became unreachable mid-request; Serve replaces it.
                 logger.warning("model %s: replica lost during a request: %s", spec.id, type(error).__name__)
+                self.replica_lost_at[spec.id] = time.monotonic()
+                if not resent:
+                    resent, cold, timeout = True, True, cold_timeout
+                    deadline = time.monotonic() + timeout
+                    self.states.invalidate()
+                    continue
                 raise model_unavailable(spec.id, "its replica stopped while handling the request", retry_after_s=5)
             except APIError:
                 raise
@@ -332,6 +401,19 @@ class Gateway:
                     raise api_error
                 logger.error("model %s failed: %s", spec.id, error)
                 raise APIError(500, f"The model '{spec.id}' failed to process the request.", type="server_error")
+
+    async def replacing(self, spec: ModelSpec) -> bool:
+        """Whether the model is short of a replica that died: Serve says it has none running, or a
+        request saw one die within REPLACEMENT_WINDOW_S (Serve's status lags the handle's router,
+        which drops a dead replica at once and queues its requests for the replacement)."""
+        if time.monotonic() - self.replica_lost_at.get(spec.id, -math.inf) < REPLACEMENT_WINDOW_S:
+            return True
+        # a read older than the health check that noticed the death would still count the dead replica
+        running, state, _ = await self.states.describe(spec.deployment_name, max_age_s=ALIVE_CACHE_S)
+        if running == 0:
+            return state in ("starting", "pending")
+        # Serve notices a dead replica at its next health check; Ray's actor table knows at once
+        return await self.states.alive_replicas(spec.deployment_name) < running
 
     async def wait(self, spec: ModelSpec, response: Any, deadline: float) -> Any:
         """The response's result by `deadline`, re-reading the model's state meanwhile: 503 if it fails."""
@@ -343,6 +425,8 @@ class Gateway:
                     raise TimeoutError
                 done, _ = await asyncio.wait({task}, timeout=min(remaining, STATE_POLL_S))
                 if task in done:
+                    if task.cancelled():  # not by this request (that would have cancelled the wait itself)
+                        raise ResponseCancelled(spec.id)
                     return task.result()
                 _, state, reason = await self.states.describe(spec.deployment_name)
                 if state == "unavailable":
@@ -358,7 +442,21 @@ class Gateway:
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
+        """Liveness: the ingress answers. Says nothing about the models (see /health/ready)."""
         return {"status": "ok"}
+
+    @app.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def ready(self):
+        """Readiness: 200 once every live model has a running replica, 503 (with what is missing) until then."""
+        waiting = {}
+        for spec in self.specs.values():
+            if spec.status != "live":
+                continue
+            replicas, state, reason = await self.states.describe(spec.deployment_name)
+            if replicas < 1:
+                waiting[spec.id] = f"{state}: {reason}" if reason else state
+        body = Readiness(status="ready" if not waiting else "not_ready", waiting_for=waiting)
+        return JSONResponse(body.model_dump(), status_code=200 if not waiting else 503)
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
@@ -415,6 +513,7 @@ class Gateway:
             text=text or None,
             max_new_tokens=request.token_limit,
             num_beams=request.num_beams,
+            param_names={"text": "messages", "max_new_tokens": tokens_param},
         )
         usage = Usage(
             prompt_tokens=result["usage"]["prompt_tokens"],
@@ -444,16 +543,16 @@ class Gateway:
         inputs = request.inputs
         if len(inputs) > self.config.max_inputs_per_request:
             raise bad_request(f"at most {self.config.max_inputs_per_request} inputs per request", param="input")
+        params = ["input" if isinstance(request.input, str) else f"input[{i}]" for i in range(len(inputs))]
         if request.resolved_modality == "image":
             if len(inputs) > self.config.max_images_per_request:
                 raise bad_request(f"at most {self.config.max_images_per_request} images per request", param="input")
-            params = ["input" if isinstance(request.input, str) else f"input[{i}]" for i in range(len(inputs))]
             images = await asyncio.gather(*(self.image(url, p) for url, p in zip(inputs, params)))
             result, cold = await self.call(spec, "embed_images", images=list(images), max_num_patches=request.max_num_patches)
         else:
             if any(not text for text in inputs):
                 raise bad_request("input must not contain empty strings", param="input")
-            result, cold = await self.call(spec, "embed_texts", texts=inputs)
+            result, cold = await self.call(spec, "embed_texts", texts=inputs, params=params)
         vectors = np.asarray(result["embeddings"], dtype=np.float32)
         data = [
             Embedding(index=i, embedding=encode_vector(vector, request.encoding_format))
@@ -525,6 +624,7 @@ class Gateway:
             text=text or None,
             max_new_tokens=request.max_tokens,
             num_beams=request.num_beams,
+            param_names={"text": "text_input", "max_new_tokens": "max_tokens"},
             **arguments,
         )
         drawn = await asyncio.to_thread(annotate, image, result["results"]) if request.include_image else None

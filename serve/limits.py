@@ -9,7 +9,7 @@ checks, in this order, before any route code or body parsing runs:
    body is read chunk by chunk, counting, before the app sees it, so a chunked or lying upload
    is cut off as soon as it passes the cap (413).
 
-`OPEN_PATHS` (/health, /docs, /openapi.json) need no key and are not rate limited.
+`OPEN_PATHS` (/health, /health/ready, /docs, /openapi.json) need no key and are not rate limited.
 Every refusal is the OpenAI error envelope. The app is JSON-only, so reading the (capped) body
 here costs no more memory than FastAPI's own `request.body()` that follows.
 """

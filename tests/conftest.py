@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.elastic_config import apply_elastic_overrides
+from deployments.standby_slot import GRACE_ENV
+from serve.proxy_errors import CALLBACK_ENV, CALLBACK_PATH
+from tests.elastic_config import STANDBY_GRACE_S, apply_elastic_overrides
 from tests.hardening_apps import faults, guarded  # noqa: F401  (session fixtures: extra Serve apps)
 from tests.helpers import APP_NAME, ROOT, data_url, local_args, png_bytes
 
@@ -19,6 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray then binds its processes to 127.0.0.1, not to the machine's network address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray's worker processes inherit this: an idle standby worker without its node's slot leaves after
+# 3 s instead of 30 (tests/test_elastic.py watches extras being reclaimed).
+os.environ.setdefault(GRACE_ENV, str(STANDBY_GRACE_S))
+# Serve's HTTP proxy answers its own errors in the envelope and resends requests whose ingress died.
+os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
 
 @pytest.fixture(scope="session")
 def checkpoints() -> Path:

@@ -5,8 +5,9 @@
   everything tested there is decided by the ingress.
 - `faults` (/faults): no auth, image URL fetching off; a live SigLIP2 with one replica, one request
   at a time and a queue of two (for overload and replica-kill tests), the same at zero replicas
-  (coming_soon: a burst from zero must not be shed by that queue), and a coming_soon model whose
-  `source` directory exists but holds no weights (for a model that fails to load).
+  (coming_soon: a burst from zero must not be shed by that queue), a coming_soon model whose
+  `source` directory exists but holds no weights (for a model that fails to load), and one whose
+  source is a hub id that is in no cache (offline: it must fail fast, not retry the hub).
 
 Both keep `images.allow_http` false, so nothing sent to them (the fuzzer's URLs included) is ever
 resolved or fetched. Kept apart from the session's main application so that a failed deployment
@@ -38,6 +39,7 @@ GUARDED_RATE = {"enabled": True, "requests_per_s": 0.2, "burst": 3}
 QUEUED_MODEL = "test/siglip-small-queue"
 COLD_QUEUED_MODEL = "test/siglip-cold-small-queue"
 BROKEN_MODEL = "test/broken-weights"
+NOT_CACHED_MODEL = "test/not-cached"  # a hub id that no cache holds, with HF_HUB_OFFLINE=1
 QUEUE = {"max_ongoing_requests": 1, "max_queued_requests": 2}
 
 
@@ -152,6 +154,15 @@ def faults(gateway, checkpoints: Path, tmp_path_factory: pytest.TempPathFactory)
                     "autoscaling_config": {"max_replicas": 1},
                     **QUEUE,
                 },
+            },
+            {
+                "id": NOT_CACHED_MODEL,
+                "source": "acme/no-such-checkpoint-anywhere",
+                "family": "blip",
+                "status": "coming_soon",
+                "standby_worker": False,
+                # Serve's default number of constructor retries: it must still fail within seconds
+                "deployment": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": {"max_replicas": 1}},
             },
             {
                 "id": BROKEN_MODEL,

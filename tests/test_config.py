@@ -123,3 +123,37 @@ def test_environment_set_by_the_operator_wins():
     assert runtime_env["pip"] == ["a"]
     assert runtime_env["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
     assert own["runtime_env"]["env_vars"] == {"OMP_WAIT_POLICY": "ACTIVE", "X": "1"}, "the spec is not modified"
+
+
+def test_the_applications_runtime_env_reaches_every_deployment_below_the_deployments_own():
+    app_env = {"env_vars": {"HF_TOKEN": "t", "OMP_WAIT_POLICY": "ACTIVE", "X": "app"}, "working_dir": "gcs://w.zip"}
+    own = {"num_cpus": 1, "runtime_env": {"env_vars": {"X": "deployment"}}}
+    model = spec(cpu_thread_wait="passive", deployment={"ray_actor_options": own}).serve_options(app_env=app_env)
+    runtime_env = model["ray_actor_options"]["runtime_env"]
+    assert runtime_env["working_dir"] == "gcs://w.zip"
+    assert runtime_env["env_vars"]["HF_TOKEN"] == "t"
+    assert runtime_env["env_vars"]["OMP_WAIT_POLICY"] == "ACTIVE", "the application's value wins over ours"
+    assert runtime_env["env_vars"]["X"] == "deployment", "the deployment's own value wins over the application's"
+    assert runtime_env["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0", "ours where nobody set one"
+    ingress = GatewayConfig().serve_options(app_env)["ray_actor_options"]["runtime_env"]
+    assert ingress["env_vars"]["HF_TOKEN"] == "t" and ingress["working_dir"] == "gcs://w.zip"
+    assert app_env["env_vars"]["X"] == "app", "the input is not modified"
+
+
+def test_an_application_env_that_picks_an_interpreter_turns_standbys_off():
+    cold = spec(status="coming_soon")
+    assert cold.standby_with({"env_vars": {"A": "1"}})
+    assert "py_executable" in cold.serve_options(app_env={"env_vars": {"A": "1"}})["ray_actor_options"]["runtime_env"]
+    assert not cold.standby_with({"pip": ["x"]})
+    runtime_env = cold.serve_options(app_env={"pip": ["x"]})["ray_actor_options"]["runtime_env"]
+    assert runtime_env["pip"] == ["x"] and "py_executable" not in runtime_env
+
+
+def test_a_missing_checkpoint_folder_is_refused_with_the_command_that_makes_it(tmp_path):
+    missing = tmp_path / "not-built"
+    with pytest.raises(ValidationError, match=r"model a/b: checkpoint folder .*not-built/blip does not exist.*make checkpoints"):
+        AppArgs.model_validate({"models": [{"id": "a/b", "source": "blip", "family": "blip"}], "checkpoint_dir": str(missing)})
+    with pytest.raises(ValidationError, match="does not exist"):
+        AppArgs.model_validate({"models": [{"id": "a/b", "source": str(tmp_path / "nope"), "family": "blip"}]})
+    hub = AppArgs.model_validate({"models": [{"id": "a/b", "source": "Salesforce/blip-x", "family": "blip"}], "checkpoint_dir": str(missing)})
+    assert hub.resolve_source("Salesforce/blip-x") == "Salesforce/blip-x", "a hub id is left to the replica"

@@ -19,6 +19,7 @@ from tests.hardening_apps import (
     FILE_KEY,
     GUARDED_BODY_LIMIT,
     HASHED_KEY,
+    NOT_CACHED_MODEL,
     QUEUED_MODEL,
     kill_replica,
     replica_actor_names,
@@ -149,8 +150,8 @@ def test_auth_requires_a_configured_key(guarded):
     assert_error(post, 401)
     for key in (ENV_KEYS["auth"], FILE_KEY, HASHED_KEY):  # from the env var, the file, the file's digest line
         assert httpx.get(listing, headers=bearer(key), timeout=30).status_code == 200, key
-    # Open without a key: liveness and the API description.
-    for path in ("/health", "/openapi.json", "/docs"):
+    # Open without a key: liveness, readiness (load balancer and Kubernetes probes) and the API description.
+    for path in ("/health", "/health/ready", "/openapi.json", "/docs"):
         assert httpx.get(f"{guarded.url}{path}", timeout=30).status_code == 200, path
 
 
@@ -241,52 +242,100 @@ def test_a_full_queue_is_503_with_retry_after_and_nothing_else_fails(faults):
             assert len(response.json()["data"]) == 4
 
 
-def test_killed_replica_mid_traffic_gives_results_or_clean_errors_then_recovers(faults):
-    deployment = "siglip-small-queue"
-    results: list[int | str] = []
-    stop = threading.Event()
+class BoundedLoad:
+    """A few clients sending embeddings to the faults app until stopped (at most 400 requests each),
+    keeping every status and every error body; a client timeout counts as a hang. Two clients stay
+    within the model's 1 slot + 2 queued, so any 503 is a fault's doing, not overload."""
 
-    def worker() -> None:
-        with httpx.Client(timeout=45) as http:  # the client timeout is the "never hangs" check
-            for _ in range(200):
-                if stop.is_set():
+    def __init__(self, url: str, clients: int = 2) -> None:
+        self.url = url
+        self.results: list[int | str] = []
+        self.errors: list[httpx.Response] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=60) as http:  # the client timeout is the "never hangs" check
+            for _ in range(400):
+                if self._stop.is_set():
                     return
                 try:
-                    response = http.post(**embed(faults.url))
-                except httpx.TimeoutException:
-                    results.append("hang")
+                    response = http.post(**embed(self.url))
+                except httpx.HTTPError as error:
+                    self.results.append(type(error).__name__)
                     return
+                self.results.append(response.status_code)
                 if response.status_code != 200:
-                    assert_error(response, response.status_code)  # always the envelope
-                results.append(response.status_code)
+                    self.errors.append(response)
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while len(results) < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed = kill_replica("faults", deployment)
-    time.sleep(3)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
-    assert "hang" not in results
-    assert set(results) <= {200, 500, 502, 503, 504}, set(results)
+    def __enter__(self) -> BoundedLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
 
-    # Serve replaces the replica; later requests succeed.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        names = replica_actor_names("faults", deployment)
-        if names and killed not in names:
-            response = httpx.post(**embed(faults.url), timeout=45)
-            if response.status_code == 200:
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+        assert not any(t.is_alive() for t in self._threads)
+
+    def wait_for(self, n: int, limit_s: float = 60) -> None:
+        deadline = time.monotonic() + limit_s
+        while len(self.results) < n:
+            assert time.monotonic() < deadline, f"only {len(self.results)} responses in {limit_s} s"
+            time.sleep(0.05)
+
+
+def assert_envelopes(responses: list[httpx.Response]) -> None:
+    bare = [(r.status_code, r.headers.get("content-type"), r.text[:200]) for r in responses
+            if not r.headers.get("content-type", "").startswith("application/json")]
+    assert bare == [], f"{len(bare)} error bodies outside the envelope"
+    for response in responses:
+        assert_error(response, response.status_code)
+
+
+def wait_replaced(app: str, deployment: str, killed: str, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while not ((names := replica_actor_names(app, deployment)) and killed not in names):
+        assert time.monotonic() < deadline, f"{app}/{deployment} was not replaced within {limit_s} s"
+        time.sleep(0.2)
+
+
+def test_killing_a_model_replica_under_load_fails_no_request(faults):
+    """Requests in flight on the killed replica are sent again; new ones wait for the replacement,
+    as for a cold start; readiness says 503 while the live model has no replica."""
+    deployment = "siglip-small-queue"
+    not_ready = []
+    with BoundedLoad(faults.url) as load:
+        load.wait_for(10)
+        killed = kill_replica("faults", deployment)
+        before = len(load.results)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = httpx.get(f"{faults.url}/health/ready", timeout=30)
+            if ready.status_code == 503:
+                not_ready.append(ready.json())
+            elif not_ready:  # ready again after it was not
                 break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the killed replica was not replaced with a working one")
-    assert httpx.post(**embed(faults.url), timeout=45).status_code == 200
+            time.sleep(0.1)
+        wait_replaced("faults", deployment, killed)
+        load.wait_for(before + 10)
+    assert_envelopes(load.errors)  # never a bare text 500
+    assert [r for r in load.results if r != 200] == [], [e.text[:300] for e in load.errors[:3]]
+    assert not_ready and QUEUED_MODEL in not_ready[0]["waiting_for"], "readiness never said the model was missing"
+    assert not_ready[0]["status"] == "not_ready"
+    assert httpx.get(f"{faults.url}/health/ready", timeout=30).json() == {"status": "ready", "waiting_for": {}}
+
+
+def test_killing_the_ingress_under_load_fails_no_request(faults):
+    with BoundedLoad(faults.url) as load:
+        load.wait_for(10)
+        killed = kill_replica("faults", "Gateway")
+        before = len(load.results)
+        wait_replaced("faults", "Gateway", killed)
+        load.wait_for(before + 10)
+    assert_envelopes(load.errors)
+    assert [r for r in load.results if r != 200] == [], [e.text[:300] for e in load.errors[:3]]
 
 
 def test_a_model_that_cannot_load_is_503_and_listed_unavailable(faults, client, image_url):
@@ -306,6 +355,18 @@ def test_a_model_that_cannot_load_is_503_and_listed_unavailable(faults, client, 
         # The other models keep serving, in this app and in the main one.
         assert http.post(**embed(faults.url)).status_code == 200
     assert client.post("/v1/embeddings", json={"model": SIGLIP, "input": "still here"}).status_code == 200
+
+
+def test_weights_that_cannot_be_fetched_make_the_model_unavailable_with_the_reason(faults, image_url):
+    request = chat(NOT_CACHED_MODEL, "", image_url)
+    with httpx.Client(timeout=120) as http:
+        first = http.post(f"{faults.url}/v1/chat/completions", json=request)  # wakes it; loading fails
+        error = assert_error(first, 503)
+        assert error["code"] == "model_unavailable"  # not a 504 after the 90 s cold-start timeout
+        card = http.get(f"{faults.url}/v1/models/{NOT_CACHED_MODEL}").json()
+    assert card["state"] == "unavailable"
+    assert "could not load the weights" in card["state_reason"], card["state_reason"]
+    assert "acme/no-such-checkpoint-anywhere" in card["state_reason"]
 
 
 def test_restarting_the_ingress_keeps_demand_counts(faults):
