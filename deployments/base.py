@@ -13,11 +13,14 @@ build an item and `await self.submit(item)`; batching never appears in family co
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +69,9 @@ class VisionModel:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise RuntimeError(f"could not load the weights of {self.spec.id} from {self.source}: {first}") from error
         self.load_seconds = time.perf_counter() - started
+        # Request checks tokenize on their own copy of the processor, one at a time (see `counting`).
+        self._counter = copy.deepcopy(getattr(self, "processor", None))
+        self._count_lock = threading.Lock()
         self.batches_run = 0
         self.items_run = 0
         self.metrics = ModelMetrics(self.spec.id)
@@ -210,9 +216,27 @@ class VisionModel:
         """Position embeddings of the model's text part: the most tokens it can hold in one sequence."""
         return int(self.model.config.text_config.max_position_embeddings)
 
+    @contextmanager
+    def counting(self) -> Iterator[Any]:
+        """The processor that request checks tokenize with.
+
+        A fast tokenizer keeps its padding and truncation settings in state that every call sets
+        anew, so a check counting tokens (no padding) beside a batch being tokenized (padded) could
+        strip the batch's padding mid-call. Checks run in threads beside the model's run, so they get
+        their own copy of the processor, used by one check at a time. During `setup` nothing runs
+        beside it and the processor itself is used.
+        """
+        counter = getattr(self, "_counter", None)
+        if counter is None:
+            yield self.processor
+            return
+        with self._count_lock:
+            yield counter
+
     def text_tokens(self, text: str, **kwargs: Any) -> int:
         """Tokens the processor makes of a prompt without an image (special tokens included)."""
-        return len(self.processor(text=[text], **kwargs)["input_ids"][0])
+        with self.counting() as processor:
+            return len(processor(text=[text], **kwargs)["input_ids"][0])
 
     def measure_image_tokens(self, sample: str, **kwargs: Any) -> int:
         """Tokens the processor adds to a prompt when an image comes with it (image tokens and their
@@ -239,7 +263,8 @@ class VisionModel:
         text_param = (names or {}).get("text", "text")
         tokens_param = (names or {}).get("max_new_tokens", "max_new_tokens")
         # Only to decide which field to name: the prompt less the text is what no text can shorten.
-        text_alone = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        with self.counting() as processor:
+            text_alone = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         fixed = prompt_tokens - text_alone
         answer_room = limit - fixed if shared else limit
         if max_new_tokens > answer_room:

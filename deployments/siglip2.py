@@ -145,7 +145,8 @@ class Siglip2(VisionModel):
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text as the model would read it, special tokens included, before padding."""
-        return [len(ids) for ids in self.processor.tokenizer(texts, padding=False, truncation=False)["input_ids"]]
+        with self.counting() as processor:
+            return [len(ids) for ids in processor.tokenizer(texts, padding=False, truncation=False)["input_ids"]]
 
     def _check_texts(self, texts: list[str], params: list[str]) -> None:
         limit = self.options.text_max_length

@@ -238,3 +238,35 @@ def test_siglip_refuses_to_load_with_padding_past_its_positions(checkpoints):
     # Loading fails (base.py may wrap the setup's ValueError), naming the cause.
     with pytest.raises((ValueError, RuntimeError), match="text_max_length 10000 exceeds the text model's 64 position"):
         load(Siglip2, "siglip2", checkpoints, text_max_length=10_000)
+
+
+def test_token_counting_beside_a_padded_batch_never_breaks_the_batch(siglip):
+    """Request checks count tokens in threads while the model's run pads a batch of texts: a fast
+    tokenizer's padding setting is shared state, so both on one tokenizer once failed batches in the
+    soak ('Unable to create tensor ... padding'). Bounded: 300 batches against a counting thread."""
+    import threading
+
+    texts = ["a", "a red square on white", "two words", "a much longer caption of a photo of a red square"]
+    stop = threading.Event()
+    counted: list[int] = []
+
+    def count() -> None:
+        while not stop.is_set():
+            counted.extend(siglip.token_counts(texts))
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race needs a switch mid-call
+    thread = threading.Thread(target=count)
+    thread.start()
+    try:
+        for _ in range(300):
+            with torch.inference_mode():
+                vectors, tokens = siglip._text_features(texts)
+            assert vectors.shape[0] == len(texts) and len(tokens) == len(texts)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        sys.setswitchinterval(interval)
+    assert counted, "the counting thread ran"
