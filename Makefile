@@ -45,8 +45,10 @@ test: checkpoints
 bench: checkpoints
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
-# A bounded soak (soak/run.py): 32 clients, mixed models and endpoints, 3 min against its own
-# gateway on 127.0.0.1; counts by status, unexpected errors (exit 1 if any), replica RSS over time.
+# A bounded soak (soak/run.py): 16 clients, mixed models and endpoints, coming-soon models waking and
+# sleeping, a model replica and the ingress killed midway; 10 min against its own gateway on
+# 127.0.0.1. Exit 1 on unexpected outcomes, error bodies outside the envelope, or growth of the
+# process count or memory of its Ray stack after warm-up. Shorter: SOAK_ARGS="--duration 120".
 soak: checkpoints
 	$(PY) -m soak.run $(SOAK_ARGS)
 

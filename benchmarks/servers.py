@@ -162,6 +162,8 @@ class GatewayStack:
         self.url = f"http://127.0.0.1:{self.port}"
         # Serve's proxy (started below, inheriting this environment) answers its own errors in the envelope.
         os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
+        # Ray binds its own processes to 127.0.0.1, not to the machine's network address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # address="local": always a new Ray of our own, never one another test run on this machine started.
         ray.init(
             address="local",
