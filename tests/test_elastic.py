@@ -215,6 +215,20 @@ class StandbyWatch:
             assert time.monotonic() < deadline, f"standby count not {what} within {limit_s} s: {self.counts[-20:]}"
             time.sleep(0.25)
 
+    def assert_bounded(self) -> None:
+        """Never more than one standby for longer than an extra takes to leave.
+
+        Ray itself may start a second worker of the same env for a replica's lease (it carries the
+        marker) and keep it idle for a moment; an extra, Ray's or the keeper's, must leave within the
+        grace period (sampled every 0.25 s), and the count must never climb past two.
+        """
+        longest = run = 0
+        for count in self.counts:
+            run = run + 1 if count > 1 else 0
+            longest = max(longest, run)
+        assert max(self.counts) <= 2, self.counts
+        assert longest * 0.25 <= STANDBY_GRACE_S + 2, f"an extra standby stayed {longest * 0.25} s: {self.counts}"
+
     def hold(self, seconds: float, during: Callable[[], None] = lambda: None) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -244,8 +258,12 @@ def test_one_standby_while_a_model_of_its_env_is_awake_and_after_kills(client):
     poke()
     deployment = slug(SIGLIP)
     watch.until(lambda n: n == 1, "one", 60)
-    watch.hold(STANDBY_HOLD_S, poke)  # many keeper periods (1 s in tests)
-    assert max(watch.counts[-int(STANDBY_HOLD_S * 2):]) == 1, watch.counts
+    # Many keeper periods (1 s in tests). The count may drop to 0 for a while: a worker Ray started
+    # for the replica's lease carries the marker too, and Ray reclaims it once idle, before the
+    # keeper's own standby has finished its imports. It must come back to one and not grow.
+    watch.hold(STANDBY_HOLD_S, poke)
+    watch.until(lambda n: n == 1, "one after many keeper periods", 60)
+    watch.assert_bounded()
 
     killed = kill_replica(APP_NAME, deployment)
     deadline = time.monotonic() + 90
@@ -256,7 +274,8 @@ def test_one_standby_while_a_model_of_its_env_is_awake_and_after_kills(client):
     poke()
     watch.until(lambda n: n == 1, "back to one after the replica kill", 60)
     watch.hold(STANDBY_HOLD_S / 2, poke)
-    assert max(watch.counts) <= 1, watch.counts
+    watch.until(lambda n: n == 1, "one after the replica kill", 60)
+    watch.assert_bounded()
 
     killed = kill_replica(APP_NAME, "Gateway")
     deadline = time.monotonic() + 90
@@ -272,7 +291,8 @@ def test_one_standby_while_a_model_of_its_env_is_awake_and_after_kills(client):
         watch.sample()
         time.sleep(0.25)
     watch.hold(STANDBY_HOLD_S, poke)
-    assert max(watch.counts) <= 1 and watch.counts[-1] == 1, watch.counts
+    watch.until(lambda n: n == 1, "one after the ingress kill", 60)
+    watch.assert_bounded()
 
 
 def test_an_extra_standby_is_reclaimed(client):
