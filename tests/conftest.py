@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ def gateway(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Gate
     apply_elastic_overrides(args)  # short scale-to-zero delays, one unplaceable entry (tests/test_elastic.py)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
+    # The listing answers from a status read up to `status_cache_s` old (the standby keeper reads
+    # too), which may predate the live replica's start: take it once readiness says so.
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/health/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the session's gateway was not ready within 60 s"
+        time.sleep(0.2)
     listing = httpx.get(f"{url}/v1/models", timeout=30).json()
     yield Gateway(url=url, port=port, initial_models={m["id"]: m for m in listing["data"]})
     serve.shutdown()
