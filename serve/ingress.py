@@ -64,7 +64,7 @@ from serve.protocol import (
     checked_region,
     encode_vector,
 )
-from serve.standby import StandbyKeeper, StandbyLedger, alive_actors
+from serve.standby import StandbyKeeper, StandbyLedger, alive_actors, replica_class
 from serve.validation import document_error_envelope, validation_error
 
 logger = logging.getLogger("gigarouter.ingress")
@@ -131,8 +131,6 @@ STALE_READ_S = 5.0
 # Serve's status message while it replaces a replica that died or failed its health check: the
 # model is recovering (requests wait for the replacement), not broken.
 REPLACING_PREFIX = "A replica's health check failed"
-# Errors that mean the replica a request was sent to is gone. Inference calls are idempotent, so
-# such a request is sent once more (to another replica, or the replacement) before it fails.
 # How long after a request saw a replica of a model die a full queue of that model is taken for
 # requests waiting for the replacement rather than for overload.
 REPLACEMENT_WINDOW_S = 30.0
@@ -143,6 +141,8 @@ class ResponseCancelled(Exception):
     """A model call that Serve cancelled while the caller still waited (its replica went away)."""
 
 
+# Errors that mean the replica a request was sent to is gone. Inference calls are idempotent, so
+# such a request is sent once more (to another replica, or the replacement) before it fails.
 REPLICA_LOST = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, ResponseCancelled)
 
 
@@ -220,7 +220,7 @@ class ModelStates:
         read_at, count = self._alive.get(deployment, (-math.inf, 0))
         if time.monotonic() - read_at >= ALIVE_CACHE_S:
             app_name = serve.get_replica_context().app_name
-            actors = await asyncio.to_thread(alive_actors, {f"ServeReplica:{app_name}:{deployment}"})
+            actors = await asyncio.to_thread(alive_actors, {replica_class(app_name, deployment)})
             count = len(actors)
             self._alive[deployment] = (time.monotonic(), count)
         return count

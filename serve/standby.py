@@ -40,6 +40,7 @@ from ray.core.generated import common_pb2, gcs_pb2, node_manager_pb2, node_manag
 from ray.runtime_env import RuntimeEnv
 
 from deployments.preload import PRELOAD_MARKER  # torch-free: the marker every preloaded process carries
+from deployments.standby_slot import is_connected_worker, is_idle_worker
 from serve.demand import connect
 
 logger = logging.getLogger("gigarouter.standby")
@@ -103,7 +104,7 @@ def local_standbys(key: str | None = None, include_starting: bool = False) -> se
             continue
         if wanted not in environ:
             continue
-        if title.startswith(b"ray::IDLE") or (include_starting and not title.startswith(b"ray::")):
+        if is_idle_worker(title) or (include_starting and not is_connected_worker(title)):
             found.add(int(entry.name))
     return found
 
@@ -218,6 +219,11 @@ def actor_runtime_envs(class_names: set[str]) -> set[str]:
     return {actor.serialized_runtime_env for actor in alive_actors(class_names) if actor.serialized_runtime_env}
 
 
+def replica_class(app: str, deployment: str) -> str:
+    """The actor class name Serve gives the replicas of a deployment (as the GCS lists it)."""
+    return f"ServeReplica:{app}:{deployment}"
+
+
 def local_node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
@@ -302,12 +308,10 @@ class StandbyKeeper:
         self.groups = list(groups.values())
         self.local_node = local_node_id()
 
-    def replica_class(self, deployment: str) -> str:
-        return f"ServeReplica:{self.app}:{deployment}"
-
-    async def note_new_replicas(self, now: float) -> None:
-        """Record, per group and node, when a replica that was not there at the last check appeared."""
-        by_class = {self.replica_class(d): group for group in self.groups for d in group.deployments}
+    async def note_new_replicas(self, now: float) -> list[Actor]:
+        """Record, per group and node, when a replica that was not there at the last check appeared;
+        returns the groups' alive replicas."""
+        by_class = {replica_class(self.app, d): group for group in self.groups for d in group.deployments}
         actors = await asyncio.to_thread(alive_actors, set(by_class))
         current = {actor.actor_id for actor in actors}
         if self._replicas_seen is not None:
@@ -315,16 +319,17 @@ class StandbyKeeper:
                 if actor.actor_id not in self._replicas_seen:
                     by_class[actor.class_name].replica_started_at[actor.node_id] = now
         self._replicas_seen = current
+        return actors
 
     async def step(self, states: Callable[[str], Awaitable[tuple[int, str]]]) -> int:
         """Start the standbys that are missing now; returns how many were started."""
         now = time.time()
-        await self.note_new_replicas(now)
+        replicas = await self.note_new_replicas(now)
         started = 0
         for group in self.groups:
             seen = [(await states(d))[1] for d in group.deployments]
             if not group.confirmed and any(state in ("starting", "ready") for state in seen):
-                await self.confirm(group)
+                self.confirm(group, replicas)
             if "cold" not in seen:
                 continue
             for node in await self.nodes():
@@ -359,10 +364,10 @@ class StandbyKeeper:
         logger.info("standby worker started on node %s for %s", node.node_id[:8], ", ".join(group.deployments))
         return True
 
-    async def confirm(self, group: _Group) -> None:
+    def confirm(self, group: _Group, replicas: list[Actor]) -> None:
         """Adopt the runtime env the group's replicas really got, if it differs from the computed one."""
-        classes = {self.replica_class(deployment) for deployment in group.deployments}
-        found = await asyncio.to_thread(actor_runtime_envs, classes)
+        classes = {replica_class(self.app, deployment) for deployment in group.deployments}
+        found = {a.serialized_runtime_env for a in replicas if a.class_name in classes and a.serialized_runtime_env}
         if not found:
             return
         group.confirmed = True

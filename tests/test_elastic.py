@@ -17,7 +17,15 @@ from ray import serve
 from serve.config import AppArgs, slug
 from serve.ingress import STALE_READ_S
 from serve.app import application_runtime_env
-from serve.standby import actor_runtime_envs, alive_nodes, inherited_env, local_standbys, marker_of, prestart
+from serve.standby import (
+    actor_runtime_envs,
+    alive_nodes,
+    inherited_env,
+    local_standbys,
+    marker_of,
+    prestart,
+    replica_class,
+)
 from tests.elastic_config import (
     ELASTIC_MODEL,
     STANDBY_GRACE_S,
@@ -121,7 +129,7 @@ def test_a_cold_start_runs_in_the_standby_worker(client, image_url):
         next(iter(actor_runtime_envs({"ServeController"}))),
         spec.serve_options(app_env=application_runtime_env())["ray_actor_options"]["runtime_env"],
     )
-    replica = f"ServeReplica:{APP_NAME}:{ELASTIC_DEPLOYMENT}"
+    replica = replica_class(APP_NAME, ELASTIC_DEPLOYMENT)
     assert actor_runtime_envs({replica}) == {computed}
     print(f"\n{ELASTIC_MODEL}: cold start in a standby worker {cold_start_s:.2f} s, load {stats['load_seconds']:.2f} s")
 
@@ -301,7 +309,7 @@ def test_an_extra_standby_is_reclaimed(client):
     watch = StandbyWatch(key)
     keep_siglip_awake(client)()
     watch.until(lambda n: n == 1, "one", 60)
-    replica = f"ServeReplica:{APP_NAME}:{slug(SIGLIP)}"
+    replica = replica_class(APP_NAME, slug(SIGLIP))
     env = next(iter(actor_runtime_envs({replica})))
     prestart(alive_nodes()[0], env, keep_alive_s=3600)
     watch.until(lambda n: n == 2, "two after asking Ray for a second one", 60)
