@@ -1,13 +1,16 @@
-"""The shared base of every model deployment: loading, device choice, batching and grouping.
+"""The shared base of every model deployment: loading, device choice, the call contract and batching.
 
-A family module subclasses `VisionModel` and implements three things:
+A family module subclasses `VisionModel`, names its descriptor (`families/`), and implements:
 
 - `setup()` loads processor and model from `self.source` with `from_pretrained`;
+- `accept(call)` checks one `serve.contract` call, decodes its images (`self.picture`, on a
+  thread, at the scale its processor needs) and returns the item to queue;
 - `group_key(item)` says which queued items can share one forward pass;
-- `predict(items)` runs one group (blocking, off the event loop) and returns one result per item.
+- `predict(items)` runs one group (blocking, off the event loop) and returns one `ModelResult` each;
+- optionally `split(item, max_work)` / `join(item, results)` for items worth more work than a run takes.
 
-Its public async methods (the ones the ingress and other Serve apps call through a handle)
-build an item and `await self.submit(item)`; batching never appears in family code.
+Callers use `run(call)` (the gateway) or the keyword methods below (other Serve apps' handles);
+batching never appears in family code.
 """
 
 from __future__ import annotations
@@ -18,24 +21,35 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from PIL import Image
-from ray import serve
 from transformers import AutoProcessor
 
-from deployments.batching import CONCURRENT_BATCHES, Coalescer
+from deployments.batching import Coalescer, run_groups, scatter, work_of
 from deployments.metrics import ModelMetrics
 from deployments.preload import PRELOADED_AT_ENV
-from serve.catalog import Task, find_task
+from deployments.text_limits import TextLimits
+from families.base import HANDLE_NAMES, Family, InputNames, Task
+from families.registry import register
 from serve.config import BatchConfig, ModelSpec
+from serve.contract import (
+    ClassifyCall,
+    EmbedImagesCall,
+    EmbedTextsCall,
+    EncodedImage,
+    GenerateCall,
+    ModelCall,
+    ModelResult,
+    Region,
+    ScoreCall,
+)
 from serve.errors import APIError, bad_request
-from serve.images import ImageLimits, decode_image
+from serve.image_codec import decode_image_for, probe_image
+from serve.images import ImageLimits
 
 logger = logging.getLogger("gigarouter.model")
 
@@ -43,19 +57,36 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 @dataclass
+class Picture:
+    """A decoded image and the size it was sent at: results and regions are in pixels of `size`,
+    while `image` may be smaller (decoded at the scale the processor needs)."""
+
+    image: Image.Image
+    size: tuple[int, int]
+
+
+@dataclass
 class _Queued:
     item: Any
     arrived: float
 
+    @property
+    def work(self) -> int:
+        return work_of(self.item)
 
-class VisionModel:
+
+class VisionModel(TextLimits):
     """One loaded model behind a Serve deployment; subclasses hold the family's model code."""
 
-    family: str = ""
+    descriptor: Family
 
-    def __init__(self, spec: dict[str, Any] | ModelSpec, source: str | None = None) -> None:
+    def __init__(
+        self, spec: dict[str, Any] | ModelSpec, source: str | None = None, image_limits: dict[str, Any] | None = None
+    ) -> None:
+        register(self.descriptor)  # a family from a config's `families:` is known in this process too
         self.spec = ModelSpec.model_validate(spec)
         self.source = source or self.spec.source
+        self.image_limits = ImageLimits.model_validate(image_limits or {})
         self.device = self._pick_device()
         self.dtype = self._pick_dtype()
         self._limit_threads()
@@ -79,9 +110,10 @@ class VisionModel:
         self.metrics.load.observe(self.load_seconds)
         defaults = BatchConfig()
         self._coalescer = Coalescer(self._run_model, defaults.max_batch_size, defaults.fill_wait_ratio)
+        self.ready_at = time.time()
         logger.info(
             "loaded %s (%s) from %s on %s/%s in %.2fs",
-            self.spec.id, self.family, self.source, self.device, self.dtype, self.load_seconds,
+            self.spec.id, self.descriptor.name, self.source, self.device, self.dtype, self.load_seconds,
         )
 
     # ----- the family contract -----
@@ -90,35 +122,95 @@ class VisionModel:
         """Load processor and model from `self.source` onto `self.device`."""
         raise NotImplementedError
 
+    async def accept(self, call: ModelCall) -> Any:
+        """Check a call and return the item to queue (400 for what the family cannot do)."""
+        raise self.unsupported(call)
+
     def group_key(self, item: Any) -> Hashable:
         """Items with equal keys run in one forward pass."""
         return None
 
-    def predict(self, items: list[Any]) -> list[Any]:
+    def predict(self, items: list[Any]) -> list[ModelResult]:
         """Run one group of items; return one result per item, in order."""
         raise NotImplementedError
+
+    def split(self, item: Any, max_work: int) -> list[Any]:
+        """Parts of an item worth more than `max_work`, each to be run on its own (default: not split)."""
+        return [item]
+
+    def join(self, item: Any, results: list[ModelResult]) -> ModelResult:
+        """The result of a split item from its parts' results, in order."""
+        return results[0]
+
+    # ----- calls -----
+
+    async def run(self, call: ModelCall) -> ModelResult:
+        """Run one call: checked, queued for a model run (split by work if needed), answered typed."""
+        item = await self.accept(call)
+        result = await self.submit(item)
+        return replace(result, replica_ready_at=self.ready_at)
+
+    async def generate(
+        self,
+        image: EncodedImage | Image.Image | bytes,
+        task: str | None = None,
+        text: str | None = None,
+        region: dict[str, float] | Region | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        param_names: dict[str, str] | None = None,
+    ) -> ModelResult:
+        """Run one task (name like `object-detection` or prompt like `<OD>`) on one image (handles)."""
+        if isinstance(region, dict):
+            region = _region(region, (param_names or {}).get("region", "region"))
+        call = GenerateCall(
+            image=image,
+            task=task or self.descriptor.chat_tasks()[0].name,
+            text=text,
+            region=region,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            param_names=dict(param_names or {}),
+        )
+        return await self.run(call)
+
+    async def embed_images(self, images: list[Any], max_num_patches: int | None = None) -> ModelResult:
+        return await self.run(EmbedImagesCall(images=tuple(images), max_num_patches=max_num_patches))
+
+    async def embed_texts(self, texts: list[str], params: list[str] | None = None) -> ModelResult:
+        return await self.run(EmbedTextsCall(texts=tuple(texts), params=tuple(params) if params else None))
+
+    async def classify(
+        self, image: Any, labels: list[str], template: str | None = None, max_num_patches: int | None = None
+    ) -> ModelResult:
+        call = ClassifyCall(image=image, labels=tuple(labels), template=template, max_num_patches=max_num_patches)
+        return await self.run(call)
+
+    async def score(self, images: list[Any], texts: list[str], max_num_patches: int | None = None) -> ModelResult:
+        return await self.run(ScoreCall(images=tuple(images), texts=tuple(texts), max_num_patches=max_num_patches))
+
+    def unsupported(self, call: Any) -> APIError:
+        kind = type(call).__name__.removesuffix("Call").lower() or "this call"
+        return bad_request(f"{self.spec.id} ({self.descriptor.name}) does not serve {kind} calls", param="model")
 
     # ----- plumbing -----
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live batch settings from Serve's `user_config`."""
         config = BatchConfig.model_validate(user_config or {})
-        self._run_batch.set_max_batch_size(config.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self._coalescer.max_items = config.max_batch_size
+        self._coalescer.max_work = config.max_batch_size
         self._coalescer.fill_wait_ratio = config.fill_wait_ratio
         logger.info("%s batching: %s", self.spec.id, config.model_dump())
 
-    async def submit(self, item: Any) -> Any:
-        """Queue one validated item for the next batch and wait for its result."""
-        result = await self._run_batch(_Queued(item, time.perf_counter()))
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _run_batch(self, queued: list[_Queued]) -> list[Any]:
-        return await self._coalescer.run(queued)
+    async def submit(self, item: Any) -> ModelResult:
+        """Queue one checked item (split into parts if it is worth more than a run takes) and wait for its result."""
+        parts = self.split(item, self._coalescer.max_work) if work_of(item) > self._coalescer.max_work else [item]
+        now = time.perf_counter()
+        results = await self._coalescer.run([_Queued(part, now) for part in parts])
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results[0] if len(parts) == 1 and parts[0] is item else self.join(item, results)
 
     async def _run_model(self, queued: list[_Queued]) -> list[Any]:
         """One model run: group the items, run each group off the event loop, one result per item."""
@@ -126,12 +218,8 @@ class VisionModel:
         for entry in queued:
             self.metrics.queue_wait.observe(started - entry.arrived)
         items = [entry.item for entry in queued]
-        groups: dict[Hashable, list[int]] = defaultdict(list)
-        for index, item in enumerate(items):
-            groups[self.group_key(item)].append(index)
-        results: list[Any] = [None] * len(items)
-        for indices in groups.values():
-            group = [items[i] for i in indices]
+        planned = []
+        for indices, group in run_groups(items, self.group_key):
             try:
                 outputs = await asyncio.to_thread(self._predict_group, group)
             except APIError as error:
@@ -139,13 +227,13 @@ class VisionModel:
             except Exception as error:  # one failing group must not fail the others
                 logger.exception("%s: a batch group of %d failed", self.spec.id, len(group))
                 outputs = [RuntimeError(f"{self.spec.id} failed to run the request: {type(error).__name__}")] * len(group)
-            for i, output in zip(indices, outputs):
-                results[i] = output
+            planned.append((indices, outputs))
+        results = scatter(len(items), planned)
         self.batches_run += 1
         self.items_run += len(items)
-        self.metrics.batch_size.observe(len(items))
+        self.metrics.batch_size.observe(sum(work_of(item) for item in items))
         self.metrics.requests.inc(len(items))
-        images = sum(_image_count(item) for item in items)
+        images = sum(r.usage.images for r in results if isinstance(r, ModelResult))
         if images:  # Serve counters refuse increments of 0
             self.metrics.images.inc(images)
         self.metrics.inference.observe(time.perf_counter() - started)
@@ -163,6 +251,7 @@ class VisionModel:
         return {
             "model": self.spec.id,
             "load_seconds": self.load_seconds,
+            "ready_at": self.ready_at,
             "batches": self.batches_run,
             "items": self.items_run,
             "device": str(self.device),
@@ -188,18 +277,46 @@ class VisionModel:
 
     def task(self, name: str) -> Task:
         """One of this family's tasks by name or prompt, or a 400 naming it."""
-        task = find_task(self.family, name)
+        task = self.descriptor.task(name)
         if task is None:
-            raise bad_request(f"unknown {self.family} task '{name}'", param="task")
+            raise bad_request(f"unknown {self.descriptor.name} task '{name}'", param="task")
         return task
 
-    def image(self, value: Image.Image | bytes, param: str = "image") -> Image.Image:
-        """Accept a PIL image or encoded bytes (Python handle callers) as an RGB image."""
+    @staticmethod
+    def input_names(call: GenerateCall) -> InputNames:
+        names = call.param_names or {}
+        return InputNames(text=names.get("text", HANDLE_NAMES.text), region=names.get("region", HANDLE_NAMES.region))
+
+    def processor_size(self) -> tuple[int, int] | None:
+        """The smallest (width, height) an image must keep for this family's processor to see every
+        pixel it would see of the full image: from its image processor's `size` (fixed or shortest edge)."""
+        size = getattr(getattr(self, "processor", None), "image_processor", None)
+        size = getattr(size, "size", None) or {}
+        if "height" in size and "width" in size:
+            return int(size["width"]), int(size["height"])
+        if "shortest_edge" in size:
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+        return None
+
+    def min_image_size(self, size: tuple[int, int], item_options: Any = None) -> tuple[int, int] | None:
+        """The smallest scale an image of `size` may be decoded at (None: full size)."""
+        return self.processor_size()
+
+    async def picture(self, value: EncodedImage | Image.Image | bytes, param: str = "image", item_options: Any = None) -> Picture:
+        """An image from a call, decoded on a thread at the smallest scale the processor needs.
+
+        Encoded bytes (the gateway's `EncodedImage`, or raw bytes from a handle) are checked against
+        the operator's image limits here too; a PIL image from a handle is used as it is.
+        """
         if isinstance(value, Image.Image):
-            return value if value.mode == "RGB" else value.convert("RGB")
+            return Picture(value if value.mode == "RGB" else value.convert("RGB"), value.size)
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(value), ImageLimits(), param)
-        raise bad_request(f"{param} must be a PIL image or encoded image bytes", param=param)
+            value = probe_image(bytes(value), self.image_limits, param)
+        if not isinstance(value, EncodedImage):
+            raise bad_request(f"{param} must be an image: encoded bytes or a PIL image", param=param)
+        wanted = self.min_image_size(value.size, item_options)
+        image = await asyncio.to_thread(decode_image_for, value, self.image_limits, param, wanted)
+        return Picture(image, value.size)
 
     def generation_settings(self, max_new_tokens: int | None, num_beams: int | None) -> tuple[int, int]:
         """Apply configured defaults and caps to requested generation settings."""
@@ -208,79 +325,6 @@ class VisionModel:
         beams = num_beams or gen.num_beams
         gen.check(tokens, beams)
         return tokens, beams
-
-    # ----- text limits: every text is checked against the model's positions before it is queued -----
-
-    @property
-    def text_positions(self) -> int:
-        """Position embeddings of the model's text part: the most tokens it can hold in one sequence."""
-        return int(self.model.config.text_config.max_position_embeddings)
-
-    @contextmanager
-    def counting(self) -> Iterator[Any]:
-        """The processor that request checks tokenize with.
-
-        A fast tokenizer keeps its padding and truncation settings in state that every call sets
-        anew, so a check counting tokens (no padding) beside a batch being tokenized (padded) could
-        strip the batch's padding mid-call. Checks run in threads beside the model's run, so they get
-        their own copy of the processor, used by one check at a time. During `setup` nothing runs
-        beside it and the processor itself is used.
-        """
-        counter = getattr(self, "_counter", None)
-        if counter is None:
-            yield self.processor
-            return
-        with self._count_lock:
-            yield counter
-
-    def text_tokens(self, text: str, **kwargs: Any) -> int:
-        """Tokens the processor makes of a prompt without an image (special tokens included)."""
-        with self.counting() as processor:
-            return len(processor(text=[text], **kwargs)["input_ids"][0])
-
-    def measure_image_tokens(self, sample: str, **kwargs: Any) -> int:
-        """Tokens the processor adds to a prompt when an image comes with it (image tokens and their
-        markers), measured once at load with a small probe image, so real processors need no constants."""
-        probe = Image.new("RGB", (32, 32))
-        with_image = len(self.processor(text=[sample], images=[probe], **kwargs)["input_ids"][0])
-        return with_image - self.text_tokens(sample, **kwargs)
-
-    def check_context(
-        self, prompt_tokens: int, text: str | None, max_new_tokens: int, names: dict[str, str] | None, shared: bool
-    ) -> None:
-        """A 400 (`context_length_exceeded`) when a prompt, image tokens included, and the tokens to
-        generate do not fit the text model's positions.
-
-        `shared`: prompt and answer are one sequence (decoder-only), so together they must fit;
-        otherwise (encoder-decoder) each must fit on its own. `names` maps the arguments `text` and
-        `max_new_tokens` to the request's field names (the ingress passes its HTTP names; Python
-        callers get the argument names). The text is named unless the answer alone cannot fit.
-        """
-        limit = self.text_positions
-        used = prompt_tokens + max_new_tokens if shared else prompt_tokens
-        if used <= limit and max_new_tokens <= limit:
-            return
-        text_param = (names or {}).get("text", "text")
-        tokens_param = (names or {}).get("max_new_tokens", "max_new_tokens")
-        # Only to decide which field to name: the prompt less the text is what no text can shorten.
-        with self.counting() as processor:
-            text_alone = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-        fixed = prompt_tokens - text_alone
-        answer_room = limit - fixed if shared else limit
-        if max_new_tokens > answer_room:
-            prompt_part = f" and the prompt without text takes {fixed}" if shared else ""
-            raise context_exceeded(
-                f"{tokens_param} is {max_new_tokens}, but {self.spec.id} can generate at most {answer_room} tokens"
-                f" here: its context is {limit} tokens{prompt_part}",
-                tokens_param,
-            )
-        detail = f" and {max_new_tokens} more may be generated, {used} in all" if shared else ""
-        raise context_exceeded(
-            f"{text_param} is too long: the prompt comes to {prompt_tokens} tokens ({fixed} of them image, task and"
-            f" special tokens){detail}, but {self.spec.id} has a context of {limit} tokens; shorten the text by at"
-            f" least {used - limit} tokens",
-            text_param,
-        )
 
     def to_device(self, batch: Any) -> Any:
         """Move a processor output to the model's device, casting floating tensors to its dtype."""
@@ -313,13 +357,8 @@ class VisionModel:
         torch.set_num_threads(threads)
 
 
-def context_exceeded(message: str, param: str) -> APIError:
-    """A 400 for text beyond a model's limits, with OpenAI's code for it."""
-    return bad_request(message, param=param, code="context_length_exceeded")
-
-
-def _image_count(item: Any) -> int:
-    """Images an item carries: family items hold either `image` or `images`."""
-    if hasattr(item, "images"):
-        return len(item.images)
-    return 1 if hasattr(item, "image") else 0
+def _region(region: dict[str, Any], param: str) -> Region:
+    try:
+        return Region(**{k: float(region[k]) for k in ("x1", "y1", "x2", "y2")})
+    except (KeyError, TypeError, ValueError):
+        raise bad_request("region needs numbers x1, y1, x2, y2 (pixels)", param=param) from None

@@ -1,10 +1,9 @@
-"""Adaptive batching behind `@serve.batch`: no wait when the model is idle, natural batches when it is busy.
+"""Batching by work: no wait when the model is idle, natural batches when it is busy, capped by items of work.
 
-Serve's batch queue forms a batch as soon as its wait ends and then queues that batch behind the
-one still running, so under load it splits arrivals into many small batches, and its fixed wait
-taxes every request when the load is low. Here `@serve.batch` runs with no wait and several
-batches may be handed over at once; `Coalescer` then merges everything that arrived while the
-model was busy into the next model run, capped at `max_items`.
+One queue: every call's items go to `Coalescer`, which runs the model one run at a time, each run
+taking everything that arrived while the previous one was busy, up to `max_work` items of work
+(one per image or text; see `serve.config.BatchConfig`). An item worth more than the cap on its
+own runs alone (families split what they can split before queueing, see `VisionModel.split`).
 
 Clients that were answered by one run send their next requests a few milliseconds apart, so the
 first of them would start a run alone and the others would wait a whole run behind it. Before a
@@ -16,42 +15,69 @@ at the default 5 %) and next to nothing for a fast one, so low load pays no fixe
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-# `@serve.batch` may hand over this many batches at once; they are merged again below. Serve
-# warns when max_batch_size * max_concurrent_batches exceeds max_ongoing_requests, which is
-# only true of its own queue, not of the model runs here.
-CONCURRENT_BATCHES = 64
+
+def work_of(item: Any) -> int:
+    """Items of work an item is worth: its `work` attribute, else 1."""
+    return max(1, int(getattr(item, "work", 1)))
 
 
-class _QuietBatchWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "max_concurrent_batches" not in record.getMessage()
+def take(pending: list[Any], max_work: int, work: Callable[[Any], int] = work_of) -> int:
+    """How many items from the head of `pending` one run takes: as many as fit `max_work`, at least one."""
+    total = 0
+    for count, item in enumerate(pending):
+        total += work(item)
+        if total > max_work:
+            return max(1, count)
+    return len(pending)
 
 
-logging.getLogger("ray.serve").addFilter(_QuietBatchWarning())
+def run_groups(items: list[Any], key: Callable[[Any], Hashable]) -> list[tuple[list[int], list[Any]]]:
+    """Plan of one model run: items grouped by `key` in order of first arrival, as (indices, group)."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        groups[key(item)].append(index)
+    return [(indices, [items[i] for i in indices]) for indices in groups.values()]
+
+
+def scatter(size: int, planned: list[tuple[list[int], list[Any]]]) -> list[Any]:
+    """Results of a run in item order: each group's outputs go back to its items' positions."""
+    results: list[Any] = [None] * size
+    filled = 0
+    for indices, outputs in planned:
+        if len(outputs) != len(indices):
+            raise RuntimeError(f"a group of {len(indices)} items gave {len(outputs)} results")
+        for i, output in zip(indices, outputs):
+            results[i] = output
+            filled += 1
+    if filled != size:
+        raise RuntimeError(f"{size - filled} items of a run were in no group")
+    return results
 
 
 class Coalescer:
     """Runs items on the model one run at a time, each run taking every item that waited for it."""
 
     def __init__(
-        self, execute: Callable[[list[Any]], Awaitable[list[Any]]], max_items: int, fill_wait_ratio: float = 0.0
+        self, execute: Callable[[list[Any]], Awaitable[list[Any]]], max_work: int, fill_wait_ratio: float = 0.0
     ) -> None:
         self.execute = execute
-        self.max_items = max_items
+        self.max_work = max_work
         self.fill_wait_ratio = fill_wait_ratio
         self._pending: list[tuple[Any, asyncio.Future]] = []
-        self._wakeup = asyncio.Event()
-        self._arrived = asyncio.Event()
+        self._wakeup: asyncio.Event | None = None
+        self._arrived: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
         self._last_run_s = 0.0
 
     async def run(self, items: list[Any]) -> list[Any]:
-        """Queue items for the next model run and wait for their results (exceptions are returned, not raised)."""
+        """Queue items for the next model runs and wait for their results (exceptions are returned, not raised)."""
         loop = asyncio.get_running_loop()
+        if self._wakeup is None:  # made on the replica's loop, not where the model was constructed
+            self._wakeup, self._arrived = asyncio.Event(), asyncio.Event()
         futures = [loop.create_future() for _ in items]
         self._pending.extend(zip(items, futures))
         if self._runner is None or self._runner.done():
@@ -60,6 +86,9 @@ class Coalescer:
         self._arrived.set()
         return list(await asyncio.gather(*futures))
 
+    def _pending_work(self) -> int:
+        return sum(work_of(item) for item, _ in self._pending)
+
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -67,7 +96,8 @@ class Coalescer:
             self._wakeup.clear()
             while self._pending:
                 await self._fill(loop)
-                taken, self._pending = self._pending[: self.max_items], self._pending[self.max_items :]
+                count = take([item for item, _ in self._pending], self.max_work)
+                taken, self._pending = self._pending[:count], self._pending[count:]
                 started = loop.time()
                 try:
                     results = await self.execute([item for item, _ in taken])
@@ -79,9 +109,9 @@ class Coalescer:
                         future.set_result(result)
 
     async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait until a full batch is pending or `fill_wait_ratio` of the last run's duration has passed."""
+        """Wait until a full run's work is pending or `fill_wait_ratio` of the last run's duration has passed."""
         deadline = loop.time() + self.fill_wait_ratio * self._last_run_s
-        while len(self._pending) < self.max_items:
+        while self._pending_work() < self.max_work:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
 
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from deployments.base import VisionModel
+from deployments.base import Picture, VisionModel
+from families.base import check_task_input
+from families.blip import BLIP
+from serve.contract import GenerateCall, Generation, ModelCall, Usage
 
 
 @dataclass
 class BlipItem:
-    image: Image.Image
+    picture: Picture
     prefix: str
     max_new_tokens: int
     num_beams: int
@@ -24,33 +25,30 @@ class BlipItem:
 class Blip(VisionModel):
     """BLIP image captioning through the native `BlipForConditionalGeneration`."""
 
-    family = "blip"
+    descriptor = BLIP
 
     def setup(self) -> None:
         self.load(AutoModelForImageTextToText)
         # The image reaches the text decoder through cross-attention: no tokens in its sequence.
         self.image_tokens = self.measure_image_tokens("a picture of")
 
-    async def generate(
-        self,
-        image: Image.Image | bytes,
-        task: str = "caption",
-        text: str | None = None,
-        max_new_tokens: int | None = None,
-        num_beams: int | None = None,
-        param_names: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Caption one image; with `text`, the caption continues that prefix.
+    async def accept(self, call: ModelCall) -> BlipItem:
+        """Caption one image; with `text` (task `conditional-caption`), the caption continues that prefix.
 
-        Prefix and `max_new_tokens` share the text decoder's positions: more is a 400 naming `text`
-        or `max_new_tokens` as `param_names` maps them (see `VisionModel.check_context`).
+        Prefix and `max_new_tokens` share the text decoder's positions: more is a 400 naming the
+        caller's field (see `VisionModel.check_context`).
         """
-        tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        picture = self.image(image)
-        prefix = (text or "").strip()
+        if not isinstance(call, GenerateCall):
+            raise self.unsupported(call)
+        prefix = (call.text or "").strip()
+        # `caption` with a text is the conditional caption: the task follows the input, as in chat.
+        task = self.task("conditional-caption" if prefix else call.task)
+        check_task_input(self.descriptor, task, prefix, call.region is not None, self.input_names(call))
+        tokens, beams = self.generation_settings(call.max_new_tokens, call.num_beams)
+        picture = await self.picture(call.image, call.param_names.get("image", "image"))
         # Off the event loop: a long text takes a while to tokenize.
-        await asyncio.to_thread(self._check_prompt, prefix, tokens, param_names)
-        return await self.submit(BlipItem(picture, prefix, tokens, beams))
+        await asyncio.to_thread(self._check_prompt, prefix, tokens, call.param_names)
+        return BlipItem(picture, prefix, tokens, beams)
 
     def _check_prompt(self, prefix: str, max_new_tokens: int, names: dict[str, str] | None) -> None:
         # As `usage.prompt_tokens` counts it: without a prefix the decoder starts from its start token alone.
@@ -60,9 +58,9 @@ class Blip(VisionModel):
     def group_key(self, item: BlipItem) -> Hashable:
         return (item.prefix, item.max_new_tokens, item.num_beams)
 
-    def predict(self, items: list[BlipItem]) -> list[dict[str, Any]]:
+    def predict(self, items: list[BlipItem]) -> list[Generation]:
         first = items[0]
-        images = [item.image for item in items]
+        images = [item.picture.image for item in items]
         if first.prefix:
             inputs = self.processor(images=images, text=[item.prefix for item in items], return_tensors="pt")
         else:
@@ -81,12 +79,12 @@ class Blip(VisionModel):
             produced = [t for t in sequence[first_new:] if t != pad]
             caption = text.strip()
             results.append(
-                {
-                    "task": "conditional-caption" if first.prefix else "caption",
-                    "text": caption,
-                    "results": caption,
-                    "finish_reason": "length" if len(produced) >= first.max_new_tokens else "stop",
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(produced)},
-                }
+                Generation(
+                    task="conditional-caption" if first.prefix else "caption",
+                    text=caption,
+                    results=caption,
+                    finish_reason="length" if len(produced) >= first.max_new_tokens else "stop",
+                    usage=Usage(images=1, prompt_tokens=prompt_tokens, completion_tokens=len(produced)),
+                )
             )
         return results

@@ -9,11 +9,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from deployments.base import VisionModel
-from serve.catalog import Task
+from deployments.base import Picture, VisionModel
+from families.base import Task, check_task_input
+from families.florence2 import FLORENCE2
+from serve.contract import GenerateCall, Generation, ModelCall, Region, Usage
 from serve.errors import bad_request
 from serve.protocol import checked_region
 
@@ -24,7 +25,7 @@ PIXEL_REGION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+
 
 @dataclass
 class Florence2Item:
-    image: Image.Image
+    picture: Picture
     task: Task
     prompt: str
     max_new_tokens: int
@@ -34,72 +35,56 @@ class Florence2Item:
 class Florence2(VisionModel):
     """Florence-2 (base or large) through the native transformers classes."""
 
-    family = "florence2"
+    descriptor = FLORENCE2
 
     def setup(self) -> None:
         self.load(AutoModelForImageTextToText)
         # The encoder reads the image tokens, then the task prompt (text_tokens counts it, expanded).
         self.image_tokens = self.measure_image_tokens("<CAPTION>")
 
-    async def generate(
-        self,
-        image: Image.Image | bytes,
-        task: str = "caption",
-        text: str | None = None,
-        region: dict[str, float] | None = None,
-        max_new_tokens: int | None = None,
-        num_beams: int | None = None,
-        param_names: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Run one task (name like `object-detection` or token like `<OD>`) on one image.
-
-        The prompt (image tokens, task prompt and text) must fit the encoder's positions and
-        `max_new_tokens` the decoder's, else 400; `param_names` names `text` and `max_new_tokens`
-        in that error as the caller's request does (see `VisionModel.check_context`).
-        """
-        image = self.image(image)
-        spec = self.task(task)
-        tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        task_input = self._task_input(spec, text, region, image)
-        prompt = spec.prompt + task_input
+    async def accept(self, call: ModelCall) -> Florence2Item:
+        """One task on one image. The prompt (image tokens, task prompt and text) must fit the
+        encoder's positions and `max_new_tokens` the decoder's, else 400 naming the caller's field."""
+        if not isinstance(call, GenerateCall):
+            raise self.unsupported(call)
+        task = self.task(call.task)
+        names = self.input_names(call)
+        text = (call.text or "").strip()
+        check_task_input(self.descriptor, task, text, call.region is not None, names)
+        tokens, beams = self.generation_settings(call.max_new_tokens, call.num_beams)
+        picture = await self.picture(call.image, call.param_names.get("image", "image"))
+        task_input = self._task_input(task, text, call.region, picture.size, names.region)
+        prompt = task.prompt + task_input
         # Off the event loop: a long text takes a while to tokenize.
-        await asyncio.to_thread(self._check_prompt, prompt, task_input, tokens, param_names)
-        return await self.submit(Florence2Item(image, spec, prompt, tokens, beams))
+        await asyncio.to_thread(self._check_prompt, prompt, task_input, tokens, call.param_names)
+        return Florence2Item(picture, task, prompt, tokens, beams)
 
     def _check_prompt(self, prompt: str, text: str, max_new_tokens: int, names: dict[str, str] | None) -> None:
         prompt_tokens = self.image_tokens + self.text_tokens(prompt)
         self.check_context(prompt_tokens, text, max_new_tokens, names, shared=False)
 
-    def _task_input(self, task: Task, text: str | None, region: dict[str, float] | None, image: Image.Image) -> str:
-        if task.input == "none":
-            if text or region:
-                raise bad_request(f"{task.prompt} takes no input", param="text")
-            return ""
-        if task.input == "text":
-            if not text:
-                raise bad_request(f"{task.prompt} needs a text input", param="text")
+    def _task_input(self, task: Task, text: str, region: Region | None, size: tuple[int, int], param: str) -> str:
+        if task.input != "region":
             return text
         if region is not None:
-            return region_tokens(region, image.size)
-        if text and LOC_REGION.match(text.strip()):
-            return text.strip()
-        match = PIXEL_REGION.match(text or "")
+            return region_tokens(region.as_dict(), size, param)
+        if LOC_REGION.match(text):
+            return text
+        match = PIXEL_REGION.match(text)
         if not match:
-            raise bad_request(
-                f"{task.prompt} needs a region: x1,y1,x2,y2 in pixels or four <loc_N> tokens", param="region"
-            )
+            raise bad_request(f"{task.prompt} needs a region: x1,y1,x2,y2 in pixels or four <loc_N> tokens", param=param)
         x1, y1, x2, y2 = (float(v) for v in match.groups())
-        return region_tokens({"x1": x1, "y1": y1, "x2": x2, "y2": y2}, image.size)
+        return region_tokens({"x1": x1, "y1": y1, "x2": x2, "y2": y2}, size, param)
 
     def group_key(self, item: Florence2Item) -> Hashable:
         # One generate call needs one prompt and one set of generation settings: no padding, so a
         # request batched with others gets exactly the answer it gets alone.
         return (item.prompt, item.max_new_tokens, item.num_beams)
 
-    def predict(self, items: list[Florence2Item]) -> list[dict[str, Any]]:
+    def predict(self, items: list[Florence2Item]) -> list[Generation]:
         first = items[0]
         inputs = self.processor(
-            text=[item.prompt for item in items], images=[item.image for item in items], return_tensors="pt"
+            text=[item.prompt for item in items], images=[item.picture.image for item in items], return_tensors="pt"
         )
         inputs = self.to_device(inputs)
         generated = self.model.generate(
@@ -113,24 +98,25 @@ class Florence2(VisionModel):
         eos = self.model.generation_config.eos_token_id
         results = []
         for item, sequence, raw in zip(items, generated.tolist(), texts):
-            structured = parse_answer(self.processor, raw, item.task.prompt, item.image.size)
+            # Boxes in pixels of the image as it was sent, whatever scale it was decoded at.
+            structured = parse_answer(self.processor, raw, item.task.prompt, item.picture.size)
             new_tokens = [t for t in sequence[1:] if t != self.processor.tokenizer.pad_token_id]
             stopped = bool(new_tokens) and new_tokens[-1] in _as_list(eos)
             results.append(
-                {
-                    "task": item.task.name,
-                    "text": structured if isinstance(structured, str) else json.dumps(structured),
-                    "results": structured,
-                    "finish_reason": "stop" if stopped or len(new_tokens) < item.max_new_tokens else "length",
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(new_tokens)},
-                }
+                Generation(
+                    task=item.task.name,
+                    text=structured if isinstance(structured, str) else json.dumps(structured),
+                    results=structured,
+                    finish_reason="stop" if stopped or len(new_tokens) < item.max_new_tokens else "length",
+                    usage=Usage(images=1, prompt_tokens=prompt_tokens, completion_tokens=len(new_tokens)),
+                )
             )
         return results
 
 
-def region_tokens(region: dict[str, float], size: tuple[int, int]) -> str:
+def region_tokens(region: dict[str, float], size: tuple[int, int], param: str = "region") -> str:
     """A pixel region as Florence's four location tokens (1000 bins per side)."""
-    x1, y1, x2, y2 = checked_region(region, size)
+    x1, y1, x2, y2 = checked_region(region, size, param)
     width, height = size
     bins = [min(999, int(value / side * 1000)) for value, side in ((x1, width), (y1, height), (x2, width), (y2, height))]
     return "".join(f"<loc_{b}>" for b in bins)

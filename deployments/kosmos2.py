@@ -7,14 +7,15 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from deployments.base import VisionModel
+from deployments.base import Picture, VisionModel
+from families.base import check_task_input
+from families.kosmos2 import DEFAULT_CAPTION_PROMPT, KOSMOS2
+from serve.contract import GenerateCall, Generation, ModelCall, Region, Usage
 from serve.errors import bad_request
 from serve.protocol import checked_region
 
-DEFAULT_CAPTION_PROMPT = "<grounding>An image of"
 VQA_ANSWER = "Answer:"
 
 Box = tuple[float, float, float, float]
@@ -22,7 +23,7 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class Kosmos2Item:
-    image: Image.Image
+    picture: Picture
     task: str
     prompt: str
     box: Box | None
@@ -33,36 +34,31 @@ class Kosmos2Item:
 class Kosmos2(VisionModel):
     """Kosmos-2 through the native `Kosmos2ForConditionalGeneration`."""
 
-    family = "kosmos2"
+    descriptor = KOSMOS2
 
     def setup(self) -> None:
         self.load(AutoModelForImageTextToText)
         # `<image>`, the image's latent tokens and `</image>` come before the prompt in one sequence.
         self.image_tokens = self.measure_image_tokens(DEFAULT_CAPTION_PROMPT)
 
-    async def generate(
-        self,
-        image: Image.Image | bytes,
-        task: str = "grounded-caption",
-        text: str | None = None,
-        region: dict[str, float] | None = None,
-        max_new_tokens: int | None = None,
-        num_beams: int | None = None,
-        param_names: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Run one Kosmos-2 task on one image; entities carry phrase, span and boxes (normalised and pixels).
+    async def accept(self, call: ModelCall) -> Kosmos2Item:
+        """One Kosmos-2 task on one image; entities carry phrase, span and boxes (normalised and pixels).
 
         Image tokens, prompt and `max_new_tokens` share the text model's positions: more is a 400
-        naming `text` or `max_new_tokens` as `param_names` maps them (see `VisionModel.check_context`).
+        naming the caller's field (see `VisionModel.check_context`).
         """
-        image = self.image(image)
-        spec = self.task(task)
-        tokens, beams = self.generation_settings(max_new_tokens, num_beams)
-        text = (text or "").strip()
-        prompt, box = build_prompt(spec.name, text, region, image.size)
+        if not isinstance(call, GenerateCall):
+            raise self.unsupported(call)
+        task = self.task(call.task)
+        names = self.input_names(call)
+        text = (call.text or "").strip()
+        check_task_input(self.descriptor, task, text, call.region is not None, names)
+        tokens, beams = self.generation_settings(call.max_new_tokens, call.num_beams)
+        picture = await self.picture(call.image, call.param_names.get("image", "image"))
+        prompt, box = build_prompt(task.name, text, call.region, picture.size, names.region)
         # Off the event loop: a long text takes a while to tokenize.
-        await asyncio.to_thread(self._check_prompt, prompt, box, text, tokens, param_names)
-        return await self.submit(Kosmos2Item(image, spec.name, prompt, box, tokens, beams))
+        await asyncio.to_thread(self._check_prompt, prompt, box, text, tokens, call.param_names)
+        return Kosmos2Item(picture, task.name, prompt, box, tokens, beams)
 
     def _check_prompt(
         self, prompt: str, box: Box | None, text: str, max_new_tokens: int, names: dict[str, str] | None
@@ -75,12 +71,12 @@ class Kosmos2(VisionModel):
         # Equal prompts (and one box or none) tokenize to equal lengths, so no row needs padding.
         return (item.prompt, item.box is None, item.max_new_tokens, item.num_beams)
 
-    def predict(self, items: list[Kosmos2Item]) -> list[dict[str, Any]]:
+    def predict(self, items: list[Kosmos2Item]) -> list[Generation]:
         first = items[0]
         boxes = None if first.box is None else [[item.box] for item in items]
         inputs = self.processor(
             text=[item.prompt for item in items],
-            images=[item.image for item in items],
+            images=[item.picture.image for item in items],
             bboxes=boxes,
             return_tensors="pt",
         )
@@ -101,20 +97,22 @@ class Kosmos2(VisionModel):
             produced = [t for t in sequence[prompt_tokens:] if t != pad]
             # Decode the whole sequence: the processor keeps what follows `</image>`, prompt included.
             raw = self.processor.decode(sequence, skip_special_tokens=True)
-            text, structured = parse_answer(self.processor, raw, item.task, item.image.size)
+            text, structured = parse_answer(self.processor, raw, item.task, item.picture.size)
             results.append(
-                {
-                    "task": item.task,
-                    "text": text,
-                    "results": structured,
-                    "finish_reason": "length" if len(produced) >= first.max_new_tokens else "stop",
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(produced)},
-                }
+                Generation(
+                    task=item.task,
+                    text=text,
+                    results=structured,
+                    finish_reason="length" if len(produced) >= first.max_new_tokens else "stop",
+                    usage=Usage(images=1, prompt_tokens=prompt_tokens, completion_tokens=len(produced)),
+                )
             )
         return results
 
 
-def build_prompt(task: str, text: str, region: dict[str, float] | None, size: tuple[int, int]) -> tuple[str, Box | None]:
+def build_prompt(
+    task: str, text: str, region: Region | None, size: tuple[int, int], region_param: str = "region"
+) -> tuple[str, Box | None]:
     """The Kosmos-2 prompt of a task, and the normalised box it refers to (if any)."""
     if task == "grounded-caption":
         if not text:
@@ -129,13 +127,13 @@ def build_prompt(task: str, text: str, region: dict[str, float] | None, size: tu
             raise bad_request("grounded-vqa needs a question in text_input", param="text_input")
         return f"<grounding> Question: {text} {VQA_ANSWER}", None
     if region is None:
-        raise bad_request("referring-expression-generation needs a region", param="region")
-    return "<grounding><phrase> It</phrase> is", normalised_box(region, size)
+        raise bad_request("referring-expression-generation needs a region", param=region_param)
+    return "<grounding><phrase> It</phrase> is", normalised_box(region.as_dict(), size, region_param)
 
 
-def normalised_box(region: dict[str, float], size: tuple[int, int]) -> Box:
+def normalised_box(region: dict[str, float], size: tuple[int, int], param: str = "region") -> Box:
     """A pixel region {x1, y1, x2, y2} as Kosmos-2's normalised box, checked against the image."""
-    x1, y1, x2, y2 = checked_region(region, size)
+    x1, y1, x2, y2 = checked_region(region, size, param)
     width, height = size
     return (x1 / width, y1 / height, x2 / width, y2 / height)
 

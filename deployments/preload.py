@@ -28,7 +28,10 @@ def preload() -> None:
     try:
         import ray.serve  # noqa: F401
 
-        import deployments.registry  # noqa: F401
+        from families.registry import FAMILIES, runtime_class
+
+        for family in list(FAMILIES.values()):
+            runtime_class(family)
     except Exception:
         # The replica imports the same modules and fails with this error through Serve, where
         # operators look; here it would only kill the process before it can say why.

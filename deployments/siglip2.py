@@ -4,69 +4,81 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoModel
+from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
-from deployments.base import VisionModel, context_exceeded
+from deployments.base import Picture, VisionModel
+from deployments.text_limits import context_exceeded
+from families.siglip2 import SIGLIP2, Siglip2Options
+from serve.contract import (
+    ClassifyCall,
+    Classification,
+    EmbedImagesCall,
+    Embeddings,
+    EmbedTextsCall,
+    ModelCall,
+    ModelResult,
+    ScoreCall,
+    Scores,
+    Usage,
+)
 from serve.errors import bad_request
 
-
-class Siglip2Options(BaseModel):
-    """SigLIP2 settings under a catalog entry's `options`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_num_patches: int = Field(256, ge=1, description="default naflex patch budget")
-    min_num_patches: int = Field(16, ge=1)
-    max_num_patches_cap: int = Field(1024, ge=1)
-    text_max_length: int = Field(
-        64, ge=1, description="texts are padded to this many tokens, as in training; longer texts are refused"
-    )
-    prompt_template: str = "This is a photo of {label}."
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Siglip2Options:
-        if not self.min_num_patches <= self.max_num_patches <= self.max_num_patches_cap:
-            raise ValueError("siglip2 options need min_num_patches <= max_num_patches <= max_num_patches_cap")
-        return self
+# Items of work (see serve.config.BatchConfig): one per image and one per text.
 
 
 @dataclass
 class ImagesItem:
-    images: list[Image.Image]
+    images: list[Picture]
     max_num_patches: int
+
+    @property
+    def work(self) -> int:
+        return len(self.images)
 
 
 @dataclass
 class TextsItem:
     texts: list[str]
 
+    @property
+    def work(self) -> int:
+        return len(self.texts)
+
 
 @dataclass
 class ClassifyItem:
-    image: Image.Image
+    image: Picture
     labels: list[str]
     prompts: list[str]
     max_num_patches: int
     tokens: int = field(default=0)
 
+    @property
+    def work(self) -> int:
+        return 1 + len(self.prompts)
+
 
 @dataclass
 class ScoreItem:
-    images: list[Image.Image]
+    images: list[Picture]
     texts: list[str]
     max_num_patches: int
+
+    @property
+    def work(self) -> int:
+        return len(self.images) + len(self.texts)
 
 
 class Siglip2(VisionModel):
     """SigLIP2 naflex through the native `Siglip2Model`."""
 
-    family = "siglip2"
+    descriptor = SIGLIP2
 
     def setup(self) -> None:
         self.options = Siglip2Options.model_validate(self.spec.options)
@@ -80,63 +92,80 @@ class Siglip2(VisionModel):
                 f" {positions} position embeddings"
             )
 
-    async def embed_images(
-        self, images: list[Image.Image | bytes], max_num_patches: int | None = None
-    ) -> dict[str, Any]:
-        """L2-normalised embeddings of images, one row per image."""
-        if not images:
-            raise bad_request("no images to embed", param="input")
-        pictures = [self.image(image, f"input[{i}]") for i, image in enumerate(images)]
-        return await self.submit(ImagesItem(pictures, self._patches(max_num_patches)))
+    def min_image_size(self, size: tuple[int, int], max_num_patches: Any = None) -> tuple[int, int] | None:
+        """Naflex resizes each image to fit `max_num_patches` patches at its own aspect ratio."""
+        patch = int(self.processor.image_processor.patch_size)
+        height, width = get_image_size_for_max_num_patches(size[1], size[0], patch, max_num_patches)
+        return width, height
 
-    async def embed_texts(self, texts: list[str], params: list[str] | None = None) -> dict[str, Any]:
-        """L2-normalised embeddings of texts, one row per text.
+    async def pictures(self, images: tuple[Any, ...], params: list[str], patches: int) -> list[Picture]:
+        return list(await asyncio.gather(*(self.picture(i, p, patches) for i, p in zip(images, params))))
 
-        A text over `text_max_length` tokens is a 400 naming it as `params` does (the request's
-        paths, e.g. `input[3]`; `texts[i]` by default), never silently truncated.
-        """
-        if not texts or any(not isinstance(t, str) or not t for t in texts):
-            raise bad_request("texts must be a non-empty list of non-empty strings", param="input")
-        names = params or [f"texts[{i}]" for i in range(len(texts))]
-        await asyncio.to_thread(self._check_texts, list(texts), names)
-        return await self.submit(TextsItem(list(texts)))
+    async def accept(self, call: ModelCall) -> Any:
+        if isinstance(call, EmbedImagesCall):
+            if not call.images:
+                raise bad_request("no images to embed", param="input")
+            patches = self._patches(call.max_num_patches)
+            params = [f"input[{i}]" for i in range(len(call.images))]
+            return ImagesItem(await self.pictures(call.images, params, patches), patches)
+        if isinstance(call, EmbedTextsCall):
+            # A text over `text_max_length` tokens is a 400 naming it as `params` does (the
+            # request's paths, e.g. `input[3]`; `texts[i]` by default), never silently truncated.
+            texts = list(call.texts)
+            if not texts or any(not isinstance(t, str) or not t for t in texts):
+                raise bad_request("texts must be a non-empty list of non-empty strings", param="input")
+            names = list(call.params or [f"texts[{i}]" for i in range(len(texts))])
+            await asyncio.to_thread(self._check_texts, texts, names)
+            return TextsItem(texts)
+        if isinstance(call, ClassifyCall):
+            return await self._accept_classify(call)
+        if isinstance(call, ScoreCall):
+            # A text over `text_max_length` tokens is a 400 naming `texts[i]`; never truncated.
+            texts = list(call.texts)
+            if not call.images or not texts or any(not isinstance(t, str) or not t for t in texts):
+                raise bad_request("scoring needs at least one image and one non-empty text", param="texts")
+            patches = self._patches(call.max_num_patches)
+            await asyncio.to_thread(self._check_texts, texts, [f"texts[{i}]" for i in range(len(texts))])
+            params = [f"images[{i}]" for i in range(len(call.images))]
+            return ScoreItem(await self.pictures(call.images, params, patches), texts, patches)
+        raise self.unsupported(call)
 
-    async def classify(
-        self,
-        image: Image.Image | bytes,
-        labels: list[str],
-        template: str | None = None,
-        max_num_patches: int | None = None,
-    ) -> dict[str, Any]:
-        """Sigmoid probability of each label for the image, highest first.
-
-        Each label in the template must fit `text_max_length` tokens, else a 400 naming `labels[i]`
-        (or `prompt_template`, when the template alone leaves no room); never truncated.
-        """
-        if not labels:
+    async def _accept_classify(self, call: ClassifyCall) -> ClassifyItem:
+        """Each label in the template must fit `text_max_length` tokens, else a 400 naming `labels[i]`
+        (or `prompt_template`, when the template alone leaves no room); never truncated."""
+        if not call.labels:
             raise bad_request("labels must not be empty", param="labels")
-        custom_template = bool(template)
-        template = template or self.options.prompt_template
+        custom_template = bool(call.template)
+        template = call.template or self.options.prompt_template
         if "{label}" not in template:
             raise bad_request("prompt_template must contain '{label}'", param="prompt_template")
-        prompts = [template.replace("{label}", label) for label in labels]
-        picture = self.image(image)
+        prompts = [template.replace("{label}", label) for label in call.labels]
+        patches = self._patches(call.max_num_patches)
         await asyncio.to_thread(self._check_prompts, prompts, template, custom_template)
-        item = ClassifyItem(picture, list(labels), prompts, self._patches(max_num_patches))
-        return await self.submit(item)
+        picture = await self.picture(call.image, "image", patches)
+        return ClassifyItem(picture, list(call.labels), prompts, patches)
 
-    async def score(
-        self, images: list[Image.Image | bytes], texts: list[str], max_num_patches: int | None = None
-    ) -> dict[str, Any]:
-        """Sigmoid image-text match probabilities: one row per image, one column per text.
+    # ----- items worth more work than one run takes -----
 
-        A text over `text_max_length` tokens is a 400 naming `texts[i]`; never truncated.
-        """
-        if not images or not texts or any(not isinstance(t, str) or not t for t in texts):
-            raise bad_request("scoring needs at least one image and one non-empty text", param="texts")
-        pictures = [self.image(image, f"images[{i}]") for i, image in enumerate(images)]
-        await asyncio.to_thread(self._check_texts, list(texts), [f"texts[{i}]" for i in range(len(texts))])
-        return await self.submit(ScoreItem(pictures, list(texts), self._patches(max_num_patches)))
+    def split(self, item: Any, max_work: int) -> list[Any]:
+        if isinstance(item, ImagesItem):
+            return [replace(item, images=item.images[i : i + max_work]) for i in range(0, len(item.images), max_work)]
+        if isinstance(item, TextsItem):
+            return [replace(item, texts=item.texts[i : i + max_work]) for i in range(0, len(item.texts), max_work)]
+        if isinstance(item, ScoreItem):
+            # every part scores some images against all texts; the texts alone may exceed the cap
+            step = max(1, max_work - len(item.texts))
+            return [replace(item, images=item.images[i : i + step]) for i in range(0, len(item.images), step)]
+        return [item]  # a classification runs whole: its labels share one softmax-free ranking
+
+    def join(self, item: Any, results: list[ModelResult]) -> ModelResult:
+        usage = Usage(requests=1, images=sum(r.usage.images for r in results))
+        if isinstance(item, ScoreItem):
+            # every part counted the texts' tokens: the request read them once
+            usage.prompt_tokens = results[0].usage.prompt_tokens
+            return Scores(scores=[row for r in results for row in r.scores], usage=usage)
+        usage.prompt_tokens = sum(r.usage.prompt_tokens for r in results)
+        return Embeddings(vectors=np.concatenate([r.vectors for r in results]), usage=usage)
 
     # ----- text limits -----
     # SigLIP2 reads every text padded to `text_max_length` tokens (64, as trained). Its reference
@@ -184,13 +213,13 @@ class Siglip2(VisionModel):
     def group_key(self, item: Any) -> Hashable:
         return (type(item).__name__, getattr(item, "max_num_patches", None))
 
-    def predict(self, items: list[Any]) -> list[dict[str, Any]]:
+    def predict(self, items: list[Any]) -> list[ModelResult]:
         if isinstance(items[0], TextsItem):
             texts = [text for item in items for text in item.texts]
             vectors, tokens = self._text_features(texts)
             return _split(vectors, [len(item.texts) for item in items], tokens, images=False)
         if isinstance(items[0], ImagesItem):
-            images = [image for item in items for image in item.images]
+            images = [picture.image for item in items for picture in item.images]
             vectors = self._image_features(images, items[0].max_num_patches)
             return _split(vectors, [len(item.images) for item in items], [0] * len(images), images=True)
         if isinstance(items[0], ScoreItem):
@@ -208,7 +237,8 @@ class Siglip2(VisionModel):
         return vectors, {text: i for i, text in enumerate(unique)}, tokens
 
     def _score(self, items: list[ScoreItem]) -> list[dict[str, Any]]:
-        image_vectors = self._image_features([i for item in items for i in item.images], items[0].max_num_patches)
+        pictures = [picture.image for item in items for picture in item.images]
+        image_vectors = self._image_features(pictures, items[0].max_num_patches)
         text_vectors, row, tokens = self._text_rows([t for item in items for t in item.texts])
         results, start = [], 0
         for item in items:
@@ -216,16 +246,15 @@ class Siglip2(VisionModel):
             start += len(item.images)
             columns = [row[t] for t in item.texts]
             results.append(
-                {
-                    "scores": self._probabilities(images, text_vectors[columns]).tolist(),
-                    "tokens": sum(tokens[c] for c in columns),
-                    "images": len(item.images),
-                }
+                Scores(
+                    scores=self._probabilities(images, text_vectors[columns]).tolist(),
+                    usage=Usage(images=len(item.images), prompt_tokens=sum(tokens[c] for c in columns)),
+                )
             )
         return results
 
     def _classify(self, items: list[ClassifyItem]) -> list[dict[str, Any]]:
-        image_vectors = self._image_features([item.image for item in items], items[0].max_num_patches)
+        image_vectors = self._image_features([item.image.image for item in items], items[0].max_num_patches)
         text_vectors, row, tokens = self._text_rows([p for item in items for p in item.prompts])
         results = []
         for image_vector, item in zip(image_vectors, items):
@@ -233,10 +262,7 @@ class Siglip2(VisionModel):
             probabilities = self._probabilities(image_vector[None], text_vectors[columns])[0].tolist()
             ranked = sorted(zip(item.labels, probabilities), key=lambda pair: -pair[1])
             results.append(
-                {
-                    "labels": [{"label": label, "score": score} for label, score in ranked],
-                    "tokens": sum(tokens[c] for c in columns),
-                }
+                Classification(labels=ranked, usage=Usage(images=1, prompt_tokens=sum(tokens[c] for c in columns)))
             )
         return results
 
@@ -265,16 +291,11 @@ def _normalise(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(p=2, dim=-1, keepdim=True)
 
 
-def _split(vectors: torch.Tensor, sizes: list[int], tokens: list[int], images: bool) -> list[dict[str, Any]]:
-    rows = vectors.cpu().numpy()
+def _split(vectors: torch.Tensor, sizes: list[int], tokens: list[int], images: bool) -> list[Embeddings]:
+    rows = vectors.cpu().numpy().astype(np.float32, copy=False)
     results, start = [], 0
     for size in sizes:
-        results.append(
-            {
-                "embeddings": rows[start : start + size],
-                "tokens": int(sum(tokens[start : start + size])),
-                "images": size if images else 0,
-            }
-        )
+        usage = Usage(images=size if images else 0, prompt_tokens=int(sum(tokens[start : start + size])))
+        results.append(Embeddings(vectors=rows[start : start + size], usage=usage))
         start += size
     return results

@@ -10,7 +10,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from deployments.registry import FAMILIES
+from families.registry import family_of, runtime_class
 from serve.config import AppArgs
 from serve.ingress import Gateway
 
@@ -40,7 +40,10 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     for spec in args.models:
         source = args.resolve_source(spec.source)
         options = spec.serve_options(demand_db=gateway.demand_db, app_env=app_env)
-        handles[spec.id] = serve.deployment(FAMILIES[spec.family]).options(**options).bind(spec.model_dump(), source)
+        model_class = runtime_class(family_of(spec.family))
+        handles[spec.id] = serve.deployment(model_class).options(**options).bind(
+            spec.model_dump(), source, gateway.images.model_dump()
+        )
         if spec.standby_with(app_env):
             # the ingress starts standby workers with exactly the runtime env the replicas get
             standbys[spec.deployment_name] = options["ray_actor_options"]
@@ -52,4 +55,5 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         [spec.model_dump() for spec in args.models],
         handles,
         standbys,
+        args.families,
     )

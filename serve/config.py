@@ -8,14 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from families.registry import FAMILIES, family_of, load
 from serve.auth import AuthConfig
-from serve.catalog import FAMILY_TASKS
 from serve.errors import bad_request
 from serve.images import ImageLimits
 from serve.limits import RateLimitConfig
 from serve.standby import INTERPRETER_KEYS, preloading
 
-Family = Literal["florence2", "kosmos2", "siglip2", "blip"]
 Status = Literal["live", "coming_soon"]
 
 
@@ -24,10 +23,15 @@ class Strict(BaseModel):
 
 
 class BatchConfig(Strict):
-    """Live-tunable batching, delivered to replicas as Serve's `user_config`."""
+    """Live-tunable batching, delivered to replicas as Serve's `user_config`.
 
-    max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.0, ge=0, le=5, description="extra wait for a batch to fill; 0 batches what queued while the model ran")
+    A model run takes everything that queued while the previous run was busy, up to
+    `max_batch_size` items of work: one per image, one per text (SigLIP2 texts, labels and score
+    texts). A request carrying more is split over several runs where its family can split it
+    (embeddings, scores); one that cannot be split (a classification with many labels) runs alone.
+    """
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="items of work (images and texts) per model run")
     fill_wait_ratio: float = Field(
         0.05,
         ge=0,
@@ -35,6 +39,20 @@ class BatchConfig(Strict):
         description="before a batch that is not full, wait for more requests for at most this fraction of the"
         " previous model run's duration (0: never wait)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_settings(cls, data: Any) -> Any:
+        # Batches used to queue in Serve's `@serve.batch` and then in the coalescer, each with its
+        # own wait; there is one queue and one wait setting now.
+        if isinstance(data, dict) and "batch_wait_timeout_s" in data:
+            data = dict(data)
+            if data.pop("batch_wait_timeout_s") not in (0, 0.0, None):
+                raise ValueError(
+                    "batching.batch_wait_timeout_s was removed: a batch waits for more requests at most"
+                    " fill_wait_ratio of the previous run's duration; set fill_wait_ratio instead"
+                )
+        return data
 
 
 class GenerationConfig(Strict):
@@ -165,7 +183,7 @@ class ModelSpec(Strict):
 
     id: str = Field(min_length=1)
     source: str = Field(min_length=1, description="checkpoint: a hub id or a local directory")
-    family: Family
+    family: str = Field(description="a registered family (families/registry.py, or `families:` in the app args)")
     status: Status = "live"
     license: str | None = None
     parameters: int | None = Field(None, ge=0, description="parameter count")
@@ -203,7 +221,20 @@ class ModelSpec(Strict):
 
     @property
     def tasks(self) -> list[str]:
-        return [task.name for task in FAMILY_TASKS[self.family]]
+        return [task.name for task in family_of(self.family).tasks]
+
+    @model_validator(mode="after")
+    def _check_family(self) -> ModelSpec:
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"model {self.id}: unknown family '{self.family}'; known: {', '.join(sorted(FAMILIES))}"
+                " (a family of your own is named by import path under `families:` in the app args)"
+            )
+        try:
+            family_of(self.family).options.model_validate(self.options)
+        except ValueError as error:
+            raise ValueError(f"model {self.id}: options: {error}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_deployment(self) -> ModelSpec:
@@ -346,11 +377,24 @@ class GatewayConfig(Strict):
 class AppArgs(Strict):
     """Arguments of `serve.app:build_app`, as written under `args:` in a Serve config file."""
 
+    families: list[str] = Field(
+        default_factory=list,
+        description="extra model families by import path (`package.module:DESCRIPTOR`), registered before"
+        " the models are read",
+    )
     models: list[ModelSpec] = Field(min_length=1)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     checkpoint_dir: str | None = Field(
         None, description="relative model sources are looked up here (default: the working directory)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _register_families(cls, data: Any) -> Any:
+        # Before the models are validated: their `family` must name a registered one.
+        for path in (data.get("families") or []) if isinstance(data, dict) else []:
+            load(path)
+        return data
 
     @model_validator(mode="after")
     def _unique(self) -> AppArgs:

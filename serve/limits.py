@@ -137,6 +137,8 @@ class GuardMiddleware:
             key_id = None
             if guard.keys is not None:
                 key_id = guard.keys.identify(headers.get("authorization"))
+                # the routes' caller context (serve/routers/common.py) reads it from here
+                scope.setdefault("state", {})["key_id"] = key_id
                 if key_id is None:
                     await _refuse(
                         send,

@@ -2,6 +2,8 @@
 
 - `microsoft/Florence-2-base` scales back to zero within seconds instead of minutes, so one test can
   watch a whole 0 -> 1 -> 0 cycle. Other tests that call it only see an extra cold start.
+- `test/toy-colour` is a sixth family defined only in the test tree (tests/toy_family), named under
+  the app args' `families:` and served live with one small replica (tests/test_toy_family.py).
 - `test/unplaceable` is an extra catalog entry whose replica asks for a GPU this machine does not
   have: its requests must time out cleanly (504) after its own short `cold_start_timeout_s`, and it
   uses the demand policy, so interest pre-warms it and it is released again when demand is gone.
@@ -15,7 +17,9 @@ from tests.helpers import FLORENCE_BASE
 
 ELASTIC_MODEL = FLORENCE_BASE
 UNPLACEABLE = "test/unplaceable"
-TEST_ONLY_MODELS = frozenset({UNPLACEABLE})
+TOY_MODEL = "test/toy-colour"
+TOY_FAMILY_PATH = "tests.toy_family.descriptor:TOY"
+TEST_ONLY_MODELS = frozenset({UNPLACEABLE, TOY_MODEL})
 UNPLACEABLE_TIMEOUT_S = 3
 UNPLACEABLE_PREWARM = 2
 # The keeper checks every second (10 s by default) and an extra standby leaves after 3 s (30 s).
@@ -38,6 +42,16 @@ def apply_elastic_overrides(args: dict[str, Any]) -> None:
         if model["id"] == ELASTIC_MODEL:
             scaling = model.setdefault("deployment", {}).setdefault("autoscaling_config", {})
             scaling.update(FAST_SCALE_TO_ZERO)
+    args.setdefault("families", []).append(TOY_FAMILY_PATH)
+    args["models"].append(
+        {
+            "id": TOY_MODEL,
+            "source": "siglip2",
+            "family": "toy-colour",
+            "owned_by": "test",
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+        }
+    )
     args["models"].append(
         {
             "id": UNPLACEABLE,

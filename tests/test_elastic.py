@@ -15,7 +15,7 @@ import httpx
 from ray import serve
 
 from serve.config import AppArgs, slug
-from serve.ingress import STALE_READ_S
+from serve.control import STALE_READ_S
 from serve.app import application_runtime_env
 from serve.standby import (
     actor_runtime_envs,

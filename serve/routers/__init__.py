@@ -1,0 +1,1 @@
+"""HTTP routers: parse a request, call `serve.service`, render the answer. Nothing else."""

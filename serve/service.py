@@ -1,0 +1,303 @@
+"""The gateway's service layer: one transport-free function per thing a caller can ask.
+
+Each takes a typed request (the pydantic models of `serve.protocol`) and a `CallerContext`, and
+returns `Served`: the typed response body, the typed `Usage` of the call, and whether it waited
+through a model's start. HTTP routes (`serve/routers/`) only parse and render around these; job
+runners, batch files and the web pages call them directly. Errors are `APIError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from families.base import ENDPOINT_PATHS, HTTP_TASK_NAMES, Task, check_task_input
+from families.registry import family_of
+from serve.annotate import annotate
+from serve.config import GatewayConfig, ModelSpec, slug
+from serve.context import CallerContext
+from serve.contract import (
+    ClassifyCall,
+    EmbedImagesCall,
+    EmbedTextsCall,
+    EncodedImage,
+    GenerateCall,
+    Region,
+    ScoreCall,
+    Usage,
+)
+from serve.control import ControlPlane
+from serve.demand import DemandStore
+from serve.dispatch import Dispatcher
+from serve.errors import APIError, bad_request, model_not_found
+from serve.health import Readiness
+from serve.image_codec import decode_image
+from serve.images import load_encoded
+from serve.protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    ClassificationRequest,
+    ClassificationResponse,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    InterestResponse,
+    LabelScore,
+    ModelCard,
+    ModelList,
+    ScoreRequest,
+    ScoreResponse,
+    VisionResult,
+    VisionTaskRequest,
+    VisionTaskResponse,
+    chat_prompt,
+    checked_region,
+    encode_vector,
+)
+from serve.protocol import Usage as UsageBody
+
+T = TypeVar("T")
+
+
+@dataclass
+class Served(Generic[T]):
+    """A service function's answer: the response body, what it used, and whether it waited for a start."""
+
+    body: T
+    usage: Usage
+    cold: bool = False
+
+
+def usage_body(usage: Usage) -> UsageBody:
+    return UsageBody(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        images=usage.images,
+    )
+
+
+class GatewayService:
+    """The models of one gateway and what can be asked of them."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        specs: list[ModelSpec],
+        dispatcher: Dispatcher,
+        control: ControlPlane,
+        demand: DemandStore,
+    ) -> None:
+        self.config = config
+        self.specs = {spec.id: spec for spec in specs}
+        self.by_name = {spec.deployment_name: spec for spec in specs}
+        self.dispatcher = dispatcher
+        self.control = control
+        self.demand = demand
+
+    # ----- lookups -----
+
+    def find(self, name: str) -> ModelSpec:
+        """A model by its id (`microsoft/Florence-2-large`) or its deployment name (`florence-2-large`); 404 otherwise."""
+        spec = self.specs.get(name) or self.by_name.get(name) or self.by_name.get(slug(name))
+        if spec is None:
+            raise model_not_found(name)
+        return spec
+
+    def model(self, name: str, endpoint: str) -> ModelSpec:
+        """A model that answers on `endpoint`; 400 naming the endpoints it serves otherwise."""
+        spec = self.find(name)
+        endpoints = family_of(spec.family).endpoints
+        if endpoint not in endpoints:
+            served = ", ".join(ENDPOINT_PATHS[e] for e in sorted(endpoints))
+            raise bad_request(
+                f"The model '{spec.id}' does not support {ENDPOINT_PATHS[endpoint]}; it serves {served}",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        return spec
+
+    def task(self, model_name: str, task_name: str) -> tuple[ModelSpec, Task]:
+        """The model and task that a task endpoint `/v1/vision/{model_name}/{task_name}` names."""
+        spec = self.find(model_name)
+        family = family_of(spec.family)
+        task = family.task(task_name)
+        if task is None or task.endpoint != "chat":
+            tasks = ", ".join(t.name for t in family.chat_tasks())
+            message = f"The model '{spec.id}' has no task '{task_name}'"
+            if not tasks:
+                paths = ", ".join(ENDPOINT_PATHS[e] for e in sorted(family.endpoints))
+                raise APIError(404, f"{message}; use {paths}", param="task", code="task_not_found")
+            raise APIError(404, f"{message}; its tasks are: {tasks}", param="task", code="task_not_found")
+        return spec, task
+
+    async def image(self, url: str, param: str) -> EncodedImage:
+        """A client's image URL as checked, encoded bytes (nothing decoded here)."""
+        return await load_encoded(url, self.config.images, param)
+
+    async def images(self, urls: list[str], params: list[str]) -> tuple[EncodedImage, ...]:
+        return tuple(await asyncio.gather(*(self.image(url, p) for url, p in zip(urls, params))))
+
+    # ----- inference -----
+
+    async def chat(self, request: ChatCompletionRequest, context: CallerContext) -> Served[ChatCompletion]:
+        spec = self.model(request.model, "chat")
+        tokens_param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        # Caps are checked here, before an image is fetched or a model woken.
+        spec.generation.check(request.token_limit, request.num_beams, tokens_param)
+        prompt = chat_prompt(request)
+        task, text = family_of(spec.family).chat_task(prompt.text, "messages")
+        image = await self.image(prompt.image_url, prompt.image_param)
+        call = GenerateCall(
+            image=image,
+            task=task.name,
+            text=text or None,
+            max_new_tokens=request.token_limit,
+            num_beams=request.num_beams,
+            param_names={"text": "messages", "max_new_tokens": tokens_param, "image": prompt.image_param},
+        )
+        result, cold = await self.dispatcher.call(spec, call, context)
+        completion = ChatCompletion(
+            model=spec.id,
+            choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
+            usage=usage_body(result.usage),
+            vision=VisionResult(task=result.task, results=result.results),
+        )
+        return Served(completion, result.usage, cold)
+
+    async def embeddings(self, request: EmbeddingRequest, context: CallerContext) -> Served[EmbeddingResponse]:
+        spec = self.model(request.model, "embeddings")
+        if request.dimensions is not None:
+            raise bad_request("dimensions is not supported: embeddings have the model's own size", param="dimensions")
+        inputs = request.inputs
+        if len(inputs) > self.config.max_inputs_per_request:
+            raise bad_request(f"at most {self.config.max_inputs_per_request} inputs per request", param="input")
+        params = ["input" if isinstance(request.input, str) else f"input[{i}]" for i in range(len(inputs))]
+        if request.resolved_modality == "image":
+            if len(inputs) > self.config.max_images_per_request:
+                raise bad_request(f"at most {self.config.max_images_per_request} images per request", param="input")
+            call = EmbedImagesCall(images=await self.images(inputs, params), max_num_patches=request.max_num_patches)
+        else:
+            if any(not text for text in inputs):
+                raise bad_request("input must not contain empty strings", param="input")
+            call = EmbedTextsCall(texts=tuple(inputs), params=tuple(params))
+        result, cold = await self.dispatcher.call(spec, call, context)
+        vectors = np.asarray(result.vectors, dtype=np.float32)
+        data = [
+            Embedding(index=i, embedding=encode_vector(vector, request.encoding_format))
+            for i, vector in enumerate(vectors)
+        ]
+        usage = EmbeddingUsage(
+            prompt_tokens=result.usage.prompt_tokens, total_tokens=result.usage.total_tokens, images=result.usage.images
+        )
+        return Served(EmbeddingResponse(data=data, model=spec.id, usage=usage), result.usage, cold)
+
+    async def classify(self, request: ClassificationRequest, context: CallerContext) -> Served[ClassificationResponse]:
+        spec = self.model(request.model, "classifications")
+        if len(request.labels) > self.config.max_labels:
+            raise bad_request(f"at most {self.config.max_labels} labels per request", param="labels")
+        call = ClassifyCall(
+            image=await self.image(request.image, "image"),
+            labels=tuple(request.labels),
+            template=request.prompt_template,
+            max_num_patches=request.max_num_patches,
+        )
+        result, cold = await self.dispatcher.call(spec, call, context)
+        body = ClassificationResponse(
+            model=spec.id,
+            data=[LabelScore(label=label, score=score) for label, score in result.labels],
+            usage=usage_body(result.usage),
+        )
+        return Served(body, result.usage, cold)
+
+    async def scores(self, request: ScoreRequest, context: CallerContext) -> Served[ScoreResponse]:
+        spec = self.model(request.model, "scores")
+        if len(request.images) > self.config.max_images_per_request:
+            raise bad_request(f"at most {self.config.max_images_per_request} images per request", param="images")
+        if len(request.texts) > self.config.max_labels:
+            raise bad_request(f"at most {self.config.max_labels} texts per request", param="texts")
+        images = await self.images(request.images, [f"images[{i}]" for i in range(len(request.images))])
+        call = ScoreCall(images=images, texts=tuple(request.texts), max_num_patches=request.max_num_patches)
+        result, cold = await self.dispatcher.call(spec, call, context)
+        body = ScoreResponse(model=spec.id, data=result.scores, usage=usage_body(result.usage))
+        return Served(body, result.usage, cold)
+
+    async def vision_task(
+        self, model_name: str, task_name: str, request: VisionTaskRequest, context: CallerContext
+    ) -> Served[VisionTaskResponse]:
+        spec, task = self.task(model_name, task_name)
+        text = (request.text_input or "").strip()
+        # The same rules as the replica's, checked before an image is fetched or a model woken.
+        check_task_input(
+            family_of(spec.family), task, text, request.region is not None, HTTP_TASK_NAMES, region_text=False
+        )
+        spec.generation.check(request.max_tokens, request.num_beams)
+        image = await self.image(request.image_url, "image_url")
+        region = None
+        if request.region is not None:
+            region = Region(*checked_region(request.region, image.size))
+        call = GenerateCall(
+            image=image,
+            task=task.name,
+            text=text or None,
+            region=region,
+            max_new_tokens=request.max_tokens,
+            num_beams=request.num_beams,
+            param_names={"text": "text_input", "max_new_tokens": "max_tokens", "image": "image_url"},
+        )
+        result, cold = await self.dispatcher.call(spec, call, context)
+        drawn = None
+        if request.include_image:
+            # The only full decode in the gateway: drawing needs the pixels.
+            picture = await asyncio.to_thread(decode_image, image.data, self.config.images, "image_url")
+            drawn = await asyncio.to_thread(annotate, picture, result.results)
+        return Served(VisionTaskResponse(results=result.results, image=drawn), result.usage, cold)
+
+    # ----- the catalog -----
+
+    async def list_models(self) -> ModelList:
+        demand = await self.demand.acounts()
+        return ModelList(data=[await self.card(spec, demand) for spec in self.specs.values()])
+
+    async def get_model(self, model_id: str) -> ModelCard:
+        return await self.card(self.find(model_id), await self.demand.acounts())
+
+    async def register_interest(self, model_id: str) -> InterestResponse:
+        spec = self.find(model_id)
+        return InterestResponse(id=spec.id, demand=await self.demand.arecord(spec.id))
+
+    async def card(self, spec: ModelSpec, demand: dict[str, int]) -> ModelCard:
+        replicas, state, reason = await self.control.states.describe(spec.deployment_name)
+        return ModelCard(
+            id=spec.id,
+            created=spec.created,
+            owned_by=spec.owned_by or spec.id.split("/")[0],
+            status=spec.status,
+            family=spec.family,
+            replicas=replicas,
+            state=state,
+            state_reason=reason,
+            tasks=spec.tasks,
+            endpoints=sorted(family_of(spec.family).endpoints),
+            price_per_1k_images=spec.price_per_1k_images,
+            license=spec.license,
+            parameters=spec.parameters,
+            demand=demand.get(spec.id, 0),
+        )
+
+    async def readiness(self) -> Readiness:
+        """Ready once every live model has a running replica; otherwise what each is waiting for."""
+        waiting = {}
+        for spec in self.specs.values():
+            if spec.status != "live":
+                continue
+            replicas, state, reason = await self.control.states.describe(spec.deployment_name)
+            if replicas < 1:
+                waiting[spec.id] = f"{state}: {reason}" if reason else state
+        return Readiness(status="ready" if not waiting else "not_ready", waiting_for=waiting)
