@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 checkpoints: install
-	$(PY) -m deployments.tiny --out $(CHECKPOINTS)
+	$(PY) -m tools.tiny_checkpoints --out $(CHECKPOINTS)
 
 # `serve run` in the foreground; beside it, serve.announce prints one line once every live model
 # has a replica (GET /health/ready), with the address.

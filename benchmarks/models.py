@@ -1,8 +1,8 @@
 """Real-size, randomly initialised checkpoints of the benchmarked architectures, built offline.
 
-The sizes come from the published configs in `deployments/real_configs/` (see its SOURCES.md):
+The sizes come from the published configs in `tools/real_configs/` (see its SOURCES.md):
 SigLIP2 base naflex (375 M parameters) and BLIP base captioning (224 M). The tokenizers are the
-small ones trained for the tiny checkpoints (`deployments.tiny`); both models' vocabularies are
+small ones trained for the tiny checkpoints (`tools.tiny_checkpoints`); both models' vocabularies are
 larger than those tokenizers, so every token id is valid. The image processors are the published
 ones (SigLIP2: 16-pixel patches, at most 256 of them; BLIP: 384x384).
 
@@ -49,8 +49,8 @@ from transformers import (
     Siglip2Model,
 )
 
-from deployments.tiny import build_all as build_tiny
-from deployments.tiny import resolve_real_configs
+from tools.tiny_checkpoints import build_all as build_tiny
+from tools.tiny_checkpoints import resolve_real_configs
 
 logger = logging.getLogger("benchmarks.models")
 

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ from typing import Any
 import httpx
 import psutil
 
+from tools.launcher import LocalStack, free_port
+
 logger = logging.getLogger("benchmarks.servers")
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = ROOT / "benchmarks" / "work"
 ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> float:
@@ -148,50 +142,12 @@ def batch_log_stats(path: Path) -> dict[str, int]:
     return {"batches": len(sizes), "items": sum(sizes)}
 
 
-class GatewayStack:
-    """A local Ray (no dashboard) with Serve's HTTP proxy on 127.0.0.1; gateway apps come and go."""
+class GatewayStack(LocalStack):
+    """The benchmark's local Ray Serve stack (tools/launcher.py): 8 CPUs, workers' output kept out of its log."""
 
     def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None) -> None:
         """`env`: extra environment of every Ray worker (e.g. Serve settings to compare)."""
-        import ray
-        from ray import serve
-
-        from serve.proxy_errors import CALLBACK_ENV, CALLBACK_PATH
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # Serve's proxy (started below, inheriting this environment) answers its own errors in the envelope.
-        os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
-        # Ray binds its own processes to 127.0.0.1, not to the machine's network address.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # address="local": always a new Ray of our own, never one another test run on this machine started.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": {**ENV_VARS, **(env or {})}},
-        )
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        logger.info("Ray Serve up, HTTP on %s", self.url)
-
-    def deploy(self, app_name: str, args: dict[str, Any], route_prefix: str) -> float:
-        """Deploy `build_app(args)` as `app_name` under `route_prefix`; seconds until it runs."""
-        from ray import serve
-
-        from serve.app import build_app
-
-        started = time.perf_counter()
-        serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
-        seconds = time.perf_counter() - started
-        logger.info("deployed gateway app %s at %s%s in %.1fs", app_name, self.url, route_prefix, seconds)
-        return seconds
-
-    def delete(self, app_name: str) -> None:
-        from ray import serve
-
-        serve.delete(app_name)
+        super().__init__(num_cpus=num_cpus, worker_env=env, log_to_driver=False)
 
     @staticmethod
     def stats(app_name: str, deployment_name: str) -> dict[str, Any]:
@@ -199,16 +155,6 @@ class GatewayStack:
         from ray import serve
 
         return serve.get_deployment_handle(deployment_name, app_name).stats.remote().result(timeout_s=60)
-
-    def shutdown(self) -> None:
-        import ray
-        from ray import serve
-
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-        logger.info("Ray Serve and Ray stopped")
 
 
 def ray_part(process: psutil.Process, apps: dict[str, str]) -> str:

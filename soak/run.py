@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.servers import GatewayStack
 from soak.traffic import COMING_SOON, FLORENCE_LARGE, MIX, Outcome, Results, Schedule, client_loop
 from soak.watch import Sample, cycles, look, replicas, trend
+from tools.launcher import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "soak"
@@ -57,15 +57,12 @@ def soak_args(config: Path, state_dir: str, standby_check_s: float) -> dict[str,
     return args
 
 
-def wait_live(base_url: str, timeout_s: float = 300) -> None:
+def wait_live(stack: LocalStack, timeout_s: float = 300) -> None:
     """Until the live model answers (the coming-soon ones are left cold: waking them is the soak's)."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=base_url, timeout=60, trust_env=False) as http:
-        while time.monotonic() < deadline:
-            if http.get("/health/ready").status_code == 200:
-                return
-            time.sleep(1)
-    raise SystemExit(f"the gateway was not ready within {timeout_s:g} s")
+    try:
+        stack.wait_ready(timeout_s=timeout_s, poll_s=1.0)
+    except TimeoutError as error:
+        raise SystemExit(str(error)) from None
 
 
 def kill(deployment: str) -> str:
@@ -188,15 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= options.clients <= 256 or not 30 <= options.duration <= 7200:
         parser.error("clients must be 1..256 and duration 30..7200 s")
     options.warmup = options.duration / 5 if options.warmup is None else options.warmup
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     schedule = Schedule(period_s=options.period, on_s=options.period * 0.35)
 
     with tempfile.TemporaryDirectory(prefix="soak-") as state_dir:
-        stack = GatewayStack(num_cpus=max(4, os.cpu_count() or 1))
-        try:
+        with LocalStack(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False) as stack:
             stack.deploy(APP, soak_args(options.config, state_dir, standby_check_s=5.0), "/")
-            wait_live(stack.url)
+            wait_live(stack)
             print(f"gateway at {stack.url}; {options.clients} clients for {options.duration:g} s ...", flush=True)
             results = Results()
             samples: list[Sample] = []
@@ -213,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
                 return time.monotonic() - t0
 
             duration = asyncio.run(run())
-        finally:
-            stack.shutdown()
     summary = report(results, samples, faults, duration, options)
     print_report(summary)
     if options.json:

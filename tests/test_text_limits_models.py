@@ -92,9 +92,9 @@ def test_limits_are_the_loaded_models_positions(florence, kosmos, blip, siglip):
     ],
 )
 def test_published_configs_have_the_limit_the_models_read(config_class, path, positions):
-    from deployments import tiny
+    from tools.tiny_checkpoints import resolve_real_configs
 
-    data = json.loads((tiny.resolve_real_configs() / path).read_text())
+    data = json.loads((resolve_real_configs() / path).read_text())
     data = {k: v for k, v in data.items() if not k.startswith("_")}
     config = config_class.from_dict(data)
     limit = config.text_config.max_position_embeddings

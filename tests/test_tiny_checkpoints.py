@@ -25,7 +25,7 @@ from transformers import (
     Siglip2Processor,
 )
 
-from deployments import tiny
+from tools import tiny_checkpoints as tiny
 
 REPO_ROOT = Path(tiny.__file__).resolve().parents[1]
 IMAGE_SIZE = (640, 480)  # (width, height), as post-processors take it
@@ -235,7 +235,7 @@ def test_second_build_is_skipped(built, real_configs):
 
 def test_rebuild_in_a_new_process_is_byte_identical(built, real_configs, tmp_path):
     out, _ = built
-    command = [sys.executable, "-m", "deployments.tiny", "--out", str(tmp_path), "--real-configs", str(real_configs)]
+    command = [sys.executable, "-m", tiny.__name__, "--out", str(tmp_path), "--real-configs", str(real_configs)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
         command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -6,7 +6,7 @@ Each checkpoint is a native transformers model with a complete processor, writte
     AutoProcessor + AutoModelForImageTextToText   florence-2-large, florence-2-base, kosmos-2, blip
     AutoProcessor + AutoModel                     siglip2
 
-Configurations start from the published configs (`deployments/real_configs`, see its SOURCES.md)
+Configurations start from the published configs (`tools/real_configs`, see its SOURCES.md)
 with the sizes shrunk; what is not a size (activations, norms, token layout, the kind of image
 preprocessing, generation settings) is kept. Tokenizers are trained with the `tokenizers` library
 on `tiny_corpus.txt`, one per family in the style of the real one. The output text is
@@ -18,7 +18,7 @@ fingerprint of everything that went into it (this file, the corpus, the publishe
 settings, library versions), and a complete directory with a matching marker is skipped. A build
 goes to a temporary directory next to the target and is renamed into place when complete.
 
-    python -m deployments.tiny --out checkpoints/tiny
+    python -m tools.tiny_checkpoints --out checkpoints/tiny
 """
 
 from __future__ import annotations
@@ -714,7 +714,7 @@ def build_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.tiny", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.tiny_checkpoints", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="output directory (default: %(default)s)")
     parser.add_argument("--only", nargs="+", choices=list(CHECKPOINTS), metavar="NAME", help="build only these")
     parser.add_argument(

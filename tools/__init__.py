@@ -1,0 +1,1 @@
+"""Developer tools, not served: the tiny-checkpoint builder and the local Ray Serve launcher."""
