@@ -71,12 +71,16 @@ class Coalescer:
         self._wakeup: asyncio.Event | None = None
         self._arrived: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_run_s = 0.0
 
     async def run(self, items: list[Any]) -> list[Any]:
         """Queue items for the next model runs and wait for their results (exceptions are returned, not raised)."""
         loop = asyncio.get_running_loop()
-        if self._wakeup is None:  # made on the replica's loop, not where the model was constructed
+        if loop is not self._loop:
+            # made on the loop that runs the model (the replica's), not where the model was
+            # constructed; a new loop (a model used from several `asyncio.run`s) starts afresh
+            self._loop, self._runner, self._pending = loop, None, []
             self._wakeup, self._arrived = asyncio.Event(), asyncio.Event()
         futures = [loop.create_future() for _ in items]
         self._pending.extend(zip(items, futures))

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from families.registry import FAMILIES, family_of, load
 from serve.auth import AuthConfig
@@ -232,8 +232,12 @@ class ModelSpec(Strict):
             )
         try:
             family_of(self.family).options.model_validate(self.options)
-        except ValueError as error:
-            raise ValueError(f"model {self.id}: options: {error}") from None
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in error.errors()
+            )
+            raise ValueError(f"model {self.id}: options: {problems}") from None
         return self
 
     @model_validator(mode="after")

@@ -1,10 +1,12 @@
-"""The coalescer behind @serve.batch: one model run at a time, each taking everything that queued meanwhile."""
+"""Batching by work: one model run at a time, each taking what queued meanwhile up to a work budget; results mapped back."""
 
 from __future__ import annotations
 
 import asyncio
 
-from deployments.batching import Coalescer
+import pytest
+
+from deployments.batching import Coalescer, run_groups, scatter, take
 
 
 def test_items_that_wait_while_the_model_runs_share_the_next_run():
@@ -16,7 +18,7 @@ def test_items_that_wait_while_the_model_runs_share_the_next_run():
         return [item * 10 for item in items]
 
     async def scenario() -> list[list[int]]:
-        coalescer = Coalescer(execute, max_items=8)
+        coalescer = Coalescer(execute, max_work=8)
         first = asyncio.create_task(coalescer.run([0]))
         await asyncio.sleep(0.01)  # the model is now busy with [0]
         rest = [asyncio.create_task(coalescer.run([i])) for i in range(1, 6)]
@@ -38,7 +40,7 @@ def test_runs_are_capped_and_failures_stay_in_their_run():
         return items
 
     async def scenario():
-        coalescer = Coalescer(execute, max_items=2)
+        coalescer = Coalescer(execute, max_work=2)
         return await asyncio.gather(*(coalescer.run([i]) for i in range(5)))
 
     results = asyncio.run(scenario())
@@ -57,7 +59,7 @@ def test_a_batch_that_is_not_full_waits_a_share_of_the_last_run_for_more():
         return items
 
     async def scenario(ratio: float) -> None:
-        coalescer = Coalescer(execute, max_items=4, fill_wait_ratio=ratio)
+        coalescer = Coalescer(execute, max_work=4, fill_wait_ratio=ratio)
         await asyncio.gather(*(coalescer.run([i]) for i in range(4)))  # one full run: its duration is known
 
         async def late(i: int, delay: float) -> None:
@@ -89,9 +91,64 @@ def test_a_full_batch_starts_without_a_fill_wait():
         await coalescer.run([item])
 
     async def scenario() -> None:
-        coalescer = Coalescer(execute, max_items=2, fill_wait_ratio=0.5)  # a wait would last 0.1 s
+        coalescer = Coalescer(execute, max_work=2, fill_wait_ratio=0.5)  # a wait would last 0.1 s
         await asyncio.gather(send(coalescer, 0), send(coalescer, 1))
         await asyncio.gather(send(coalescer, 5), send(coalescer, 6), send(coalescer, 7, delay=0.05))
 
     asyncio.run(scenario())
     assert seen_at_start[1] == [0, 1, 5, 6], "the full batch [5, 6] started before item 7 arrived"
+
+
+# ----- budgets count work, not requests -----
+
+
+class Work:
+    def __init__(self, name: str, work: int) -> None:
+        self.name, self.work = name, work
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def test_take_fills_a_run_up_to_the_work_budget_and_never_takes_nothing():
+    items = [Work("a", 3), Work("b", 4), Work("c", 2), Work("d", 1)]
+    assert take(items, 8) == 2  # 3 + 4 fit, + 2 would be 9
+    assert take(items, 9) == 3
+    assert take(items, 100) == 4
+    assert take([Work("huge", 50), Work("b", 1)], 8) == 1  # an item over the budget runs alone
+    assert take([], 8) == 0
+
+
+def test_runs_are_capped_by_work_not_by_count():
+    runs: list[list[str]] = []
+
+    async def execute(items):
+        runs.append([item.name for item in items])
+        await asyncio.sleep(0.02)
+        return [item.name.upper() for item in items]
+
+    async def scenario():
+        coalescer = Coalescer(execute, max_work=10)
+        first = asyncio.create_task(coalescer.run([Work("warm", 1)]))
+        await asyncio.sleep(0.005)  # busy: the rest queues behind it
+        rest = asyncio.gather(*(coalescer.run([Work(n, w)]) for n, w in (("a", 6), ("b", 6), ("c", 3), ("d", 1))))
+        return await first, await rest
+
+    first, rest = asyncio.run(scenario())
+    assert first == ["WARM"] and rest == [["A"], ["B"], ["C"], ["D"]]
+    assert runs == [["warm"], ["a"], ["b", "c", "d"]]
+
+
+def test_run_groups_and_scatter_give_each_item_its_own_result():
+    items = ["cat:1", "dog:2", "cat:3", "bird:4", "dog:5"]
+    planned = run_groups(items, key=lambda item: item.split(":")[0])
+    assert [indices for indices, _ in planned] == [[0, 2], [1, 4], [3]]
+    # each group's "model" answers with its own items reversed in case, in order
+    outputs = [(indices, [item.upper() for item in group]) for indices, group in planned]
+    assert scatter(len(items), outputs) == [item.upper() for item in items]
+
+
+def test_scatter_refuses_a_group_that_lost_or_gained_results():
+    planned = run_groups(["a", "b", "a"], key=lambda item: item)
+    with pytest.raises(RuntimeError, match="2 items gave 1 results"):
+        scatter(3, [(planned[0][0], ["A"]), (planned[1][0], ["B"])])

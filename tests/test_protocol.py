@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve.catalog import FAMILY_TASKS, endpoints_of, find_task
-from serve.chat_tasks import CHAT_TASKS
 from serve.errors import APIError
 from serve.protocol import ChatCompletionRequest, ClassificationRequest, EmbeddingRequest, chat_prompt, sse
 
@@ -48,32 +46,6 @@ def test_chat_request_validation():
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 7, "user": "ignored"}
     )
     assert request.token_limit == 7
-
-
-def test_florence_chat_tasks():
-    florence = CHAT_TASKS["florence2"]
-    assert florence("", "p")[0].name == "caption"
-    assert florence("<OD>", "p") == (find_task("florence2", "<OD>"), "")
-    task, text = florence("<CAPTION_TO_PHRASE_GROUNDING>  a red car ", "p")
-    assert task.name == "caption-to-phrase-grounding" and text == "a red car"
-    for bad in ("describe it", "<OD> extra", "<OPEN_VOCABULARY_DETECTION>", "<NOPE>"):
-        with pytest.raises(APIError) as error:
-            florence(bad, "messages")
-        assert error.value.param == "messages"
-
-
-def test_other_families_chat_tasks():
-    assert CHAT_TASKS["kosmos2"]("", "p")[1] == "<grounding>An image of"
-    assert CHAT_TASKS["blip"]("", "p")[0].name == "caption"
-    assert CHAT_TASKS["blip"]("a photo of", "p") == (find_task("blip", "conditional-caption"), "a photo of")
-
-
-def test_catalog_tasks():
-    assert len(FAMILY_TASKS["florence2"]) == 15
-    assert endpoints_of("siglip2") == {"embeddings", "classifications", "scores"}
-    assert endpoints_of("blip") == {"chat"}
-    assert find_task("florence2", "object-detection") is find_task("florence2", "<OD>")
-    assert find_task("blip", "") is None
 
 
 def test_embedding_modality_rule():

@@ -16,12 +16,14 @@ from deployments.blip import Blip, BlipItem
 from deployments.florence2 import Florence2, Florence2Item
 from deployments.kosmos2 import Kosmos2, Kosmos2Item
 from deployments.siglip2 import Siglip2
-from serve.catalog import find_task
+from deployments.base import Picture
+from families.registry import family_of
 from serve.errors import APIError
 from tests.helpers import local_args
 
 SPECS = {spec["source"]: spec for spec in local_args()["models"]}
 IMAGE = Image.new("RGB", (64, 48), "red")
+PICTURE = Picture(IMAGE, IMAGE.size)
 HTTP_NAMES = {"text": "text_input", "max_new_tokens": "max_tokens"}
 
 
@@ -107,21 +109,21 @@ def test_published_configs_have_the_limit_the_models_read(config_class, path, po
 
 
 def test_counted_prompts_match_what_the_models_read(florence, kosmos, blip):
-    task = find_task("florence2", "<OPEN_VOCABULARY_DETECTION>")
+    task = family_of("florence2").task("<OPEN_VOCABULARY_DETECTION>")
     prompt = task.prompt + "a red square"
-    run = florence._predict_group([Florence2Item(IMAGE, task, prompt, 4, 1)])[0]
-    assert florence.image_tokens + florence.text_tokens(prompt) == run["usage"]["prompt_tokens"]
+    run = florence._predict_group([Florence2Item(PICTURE, task, prompt, 4, 1)])[0]
+    assert florence.image_tokens + florence.text_tokens(prompt) == run.usage.prompt_tokens
 
     vqa, region = "<grounding> Question: what is red? Answer:", "<grounding><phrase> It</phrase> is"
     for prompt, box in ((vqa, None), (region, (0.1, 0.1, 0.5, 0.5))):
-        run = kosmos._predict_group([Kosmos2Item(IMAGE, "grounded-vqa", prompt, box, 4, 1)])[0]
+        run = kosmos._predict_group([Kosmos2Item(PICTURE, "grounded-vqa", prompt, box, 4, 1)])[0]
         boxes = None if box is None else [[box]]
-        assert kosmos.image_tokens + kosmos.text_tokens(prompt, bboxes=boxes) == run["usage"]["prompt_tokens"]
+        assert kosmos.image_tokens + kosmos.text_tokens(prompt, bboxes=boxes) == run.usage.prompt_tokens
     assert kosmos.image_tokens >= kosmos.model.config.latent_query_num
 
-    run = blip._predict_group([BlipItem(IMAGE, "a picture of", 4, 1)])[0]
+    run = blip._predict_group([BlipItem(PICTURE, "a picture of", 4, 1)])[0]
     assert blip.image_tokens == 0
-    assert blip.text_tokens("a picture of") == run["usage"]["prompt_tokens"]
+    assert blip.text_tokens("a picture of") == run.usage.prompt_tokens
 
 
 def test_siglip_counts_match_the_tokens_it_reports(siglip):
@@ -135,7 +137,7 @@ def test_siglip_counts_match_the_tokens_it_reports(siglip):
 
 
 def test_florence_prompt_at_the_limit_runs_and_one_token_more_is_refused(florence):
-    task = find_task("florence2", "<OPEN_VOCABULARY_DETECTION>")
+    task = family_of("florence2").task("<OPEN_VOCABULARY_DETECTION>")
     limit = florence.text_positions
 
     def count(text: str) -> int:
@@ -144,12 +146,12 @@ def test_florence_prompt_at_the_limit_runs_and_one_token_more_is_refused(florenc
     fits = words_for(count, limit)
     florence._check_prompt(task.prompt + fits, fits, 4, HTTP_NAMES)
     # The model really holds that many: the encoder runs at the limit...
-    run = florence._predict_group([Florence2Item(IMAGE, task, task.prompt + fits, 2, 1)])[0]
-    assert run["usage"]["prompt_tokens"] == limit
+    run = florence._predict_group([Florence2Item(PICTURE, task, task.prompt + fits, 2, 1)])[0]
+    assert run.usage.prompt_tokens == limit
     # ...and one token over it is what used to fail as a server error.
     over = fits + " cat"
     with pytest.raises(IndexError):
-        florence.predict([Florence2Item(IMAGE, task, task.prompt + over, 2, 1)])
+        florence.predict([Florence2Item(PICTURE, task, task.prompt + over, 2, 1)])
 
     error = refused(florence.generate(IMAGE, task="open-vocabulary-detection", text=over, param_names=HTTP_NAMES))
     assert error.param == "text_input"
@@ -160,9 +162,9 @@ def test_florence_prompt_at_the_limit_runs_and_one_token_more_is_refused(florenc
 
 def test_florence_answer_longer_than_the_decoder_is_refused(florence):
     limit = florence.text_positions
-    florence._check_prompt(find_task("florence2", "<CAPTION>").prompt, "", limit, HTTP_NAMES)
+    florence._check_prompt(family_of("florence2").task("<CAPTION>").prompt, "", limit, HTTP_NAMES)
     with pytest.raises(APIError) as info:
-        florence._check_prompt(find_task("florence2", "<CAPTION>").prompt, "", limit + 1, HTTP_NAMES)
+        florence._check_prompt(family_of("florence2").task("<CAPTION>").prompt, "", limit + 1, HTTP_NAMES)
     assert info.value.param == "max_tokens" and f"at most {limit}" in info.value.message
 
 
@@ -189,7 +191,7 @@ def test_blip_prefix_at_the_limit_runs_and_more_is_refused(blip):
     limit, new = blip.text_positions, 8
     fits = words_for(blip.text_tokens, limit - new)
     blip._check_prompt(fits, new, None)
-    assert blip._predict_group([BlipItem(IMAGE, fits, new, 1)])[0]["usage"]["prompt_tokens"] == limit - new
+    assert blip._predict_group([BlipItem(PICTURE, fits, new, 1)])[0].usage.prompt_tokens == limit - new
     error = refused(blip.generate(IMAGE, text=fits + " cat", max_new_tokens=new, param_names=HTTP_NAMES))
     assert error.param == "text_input" and f"context of {limit} tokens" in error.message
 
