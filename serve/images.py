@@ -1,8 +1,9 @@
-"""Turn a client's image_url (data: URL or http(s) URL) into a checked RGB PIL image.
+"""Turn a client's image_url (data: URL or http(s) URL) into checked image bytes.
 
 Everything here handles untrusted input in the ingress process: sizes are
 checked before memory is committed, remote fetches can only reach addresses the
 host policy allows, and every failure is an APIError that is safe to show.
+Probing and decoding the bytes live in serve/image_codec.py.
 """
 
 from __future__ import annotations
@@ -11,24 +12,22 @@ import asyncio
 import base64
 import binascii
 import functools
-import io
 import ipaddress
 import logging
 import re
 import socket
 import ssl
-import struct
-import threading
-import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import certifi
 import httpx
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.contract import EncodedImage
 from serve.errors import APIError, bad_request, too_large
+from serve.image_codec import decode_image, probe_image
 from serve.netguard import AllowEntry, HostPolicy, IPAddress, ends_in_number, parse_host_address
 
 logger = logging.getLogger("gigarouter.images")
@@ -36,11 +35,8 @@ logger = logging.getLogger("gigarouter.images")
 # async (host, port) -> IP address strings, or getaddrinfo() 5-tuples.
 Resolver = Callable[[str, int], Awaitable[Iterable[Any]]]
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "WebP", "GIF", "BMP")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_WHITESPACE = re.compile(r"\s+")
 _MEDIA_TYPE = re.compile(r"image/[a-z0-9][a-z0-9.+-]*")
-_BOMB_LOCK = threading.Lock()
 
 
 class ImageLimits(BaseModel):
@@ -65,29 +61,40 @@ class ImageLimits(BaseModel):
         return HostPolicy(allow_hosts=self.allow_hosts)
 
 
+async def load_encoded(url: str, limits: ImageLimits, param: str, *, resolver: Resolver | None = None) -> EncodedImage:
+    """Load an image from a data: or http(s) URL and probe it: checked, but not decoded."""
+    data = await load_bytes(url, limits, param, resolver=resolver)
+    # Probing parses headers only (well under a millisecond, even for a 12 MP photo): no thread.
+    return probe_image(data, limits, param)
+
+
 async def load_image(url: str, limits: ImageLimits, param: str, *, resolver: Resolver | None = None) -> Image.Image:
     """Load an image from a data: or http(s) URL and return it decoded as RGB."""
+    data = await load_bytes(url, limits, param, resolver=resolver)
+    # Decoding is CPU-bound; keep it off the event loop.
+    return await asyncio.to_thread(decode_image, data, limits, param)
+
+
+async def load_bytes(url: str, limits: ImageLimits, param: str, *, resolver: Resolver | None = None) -> bytes:
+    """The bytes of a data: URL, or fetched from an http(s) URL if the limits allow fetching."""
     if not isinstance(url, str):
         raise bad_request("image_url must be a string URL.", param, "invalid_image_url")
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "data":
-        data = parse_data_url(url, limits, param)
-    elif scheme in ("http", "https"):
+        return parse_data_url(url, limits, param)
+    if scheme in ("http", "https"):
         if not limits.allow_http:
             raise bad_request(
                 "This gateway does not fetch image URLs: send the image as a data:image/<type>;base64,... URL.",
                 param,
                 "image_url_forbidden",
             )
-        data = await fetch_image_bytes(url, limits, param, resolver=resolver)
-    else:
-        raise bad_request(
-            "image_url must be an http(s) URL or a data:image/<type>;base64,... URL.",
-            param,
-            "invalid_image_url",
-        )
-    # Decoding is CPU-bound; keep it off the event loop.
-    return await asyncio.to_thread(decode_image, data, limits, param)
+        return await fetch_image_bytes(url, limits, param, resolver=resolver)
+    raise bad_request(
+        "image_url must be an http(s) URL or a data:image/<type>;base64,... URL.",
+        param,
+        "invalid_image_url",
+    )
 
 
 # --- data: URLs -----------------------------------------------------------------------------
@@ -109,9 +116,9 @@ def parse_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
 
 
 def _decode_base64(payload: str, limits: ImageLimits, param: str) -> bytes:
-    if _WHITESPACE.search(payload):
-        # Some encoders wrap base64 at 76 columns.
-        payload = _WHITESPACE.sub("", payload)
+    # Some encoders wrap base64 at 76 columns. str.split drops the same whitespace as a regex's \s,
+    # and is ~50x faster: a regex scan of an 8 MB payload blocks the event loop for a quarter second.
+    payload = "".join(payload.split())
     body = payload.rstrip("=")
     if len(body) * 3 // 4 > limits.max_bytes:
         raise too_large(f"The image is larger than the limit of {limits.max_bytes} bytes.", param)
@@ -134,132 +141,6 @@ def _bad_data_url(reason: str, param: str) -> APIError:
 
 def _bad_base64(param: str) -> APIError:
     return bad_request("The image data URL does not contain valid base64 data.", param, "invalid_image")
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-
-def decode_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
-    """Check, fully decode and orient image bytes, returning an RGB image."""
-    fmt = _sniff_format(data, param)
-    try:
-        if fmt == "WEBP":
-            # libwebp allocates the whole canvas when the file is opened.
-            _check_dimensions(_webp_canvas_size(data), limits, param)
-        image = _open(data, fmt)
-        _check_dimensions(image.size, limits, param)
-        image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _too_many_pixels(limits, param) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error):
-        # Pillow's messages describe its internals; the client only needs to know the data is bad.
-        raise bad_request(
-            f"The image could not be decoded: the {fmt} data is corrupt or truncated.",
-            param,
-            "invalid_image",
-        ) from None
-
-
-def _sniff_format(data: bytes, param: str) -> str:
-    head = data[:16]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head.startswith(b"BM"):
-        return "BMP"
-    seen = _describe_unsupported(data)
-    raise bad_request(
-        f"Unsupported image format{f' ({seen})' if seen else ''}; allowed formats are {', '.join(ALLOWED_FORMATS)}.",
-        param,
-        "unsupported_image_format",
-    )
-
-
-def _describe_unsupported(data: bytes) -> str | None:
-    head = data[:256].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head.startswith(b"%pdf"):
-        return "PDF"
-    if head.startswith((b"<svg", b"<?xml")) or b"<svg" in head:
-        return "SVG"
-    if head.startswith((b"ii*\x00", b"mm\x00*")):
-        return "TIFF"
-    if data[4:8] == b"ftyp":
-        return "HEIF/AVIF"
-    return None
-
-
-def _webp_canvas_size(data: bytes) -> tuple[int, int] | None:
-    # Same header fields libwebp reads: simple lossy, lossless and extended.
-    chunk = data[12:16]
-    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
-        width, height = struct.unpack_from("<HH", data, 26)
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
-        (bits,) = struct.unpack_from("<I", data, 21)
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X" and len(data) >= 30:
-        width = int.from_bytes(data[24:27], "little") + 1
-        height = int.from_bytes(data[27:30], "little") + 1
-        return width, height
-    return None
-
-
-def _open(data: bytes, fmt: str) -> Image.Image:
-    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat the
-    # warning as an error. Warning filters are process-global, so the lock
-    # stops concurrent decodes from restoring each other's filters out of
-    # order; it is held only while the header is parsed.
-    with _BOMB_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data), formats=[fmt])
-
-
-def _check_dimensions(size: tuple[int, int] | None, limits: ImageLimits, param: str) -> None:
-    if size is None:
-        return
-    width, height = size
-    if width < 1 or height < 1:
-        raise bad_request(f"The image has invalid dimensions {width}x{height}.", param, "invalid_image")
-    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-        raise _too_many_pixels(limits, param, size)
-
-
-def _too_many_pixels(limits: ImageLimits, param: str, size: tuple[int, int] | None = None) -> APIError:
-    actual = f" ({size[0]}x{size[1]})" if size else ""
-    return too_large(
-        f"The image dimensions{actual} exceed the limit of {limits.max_pixels} pixels "
-        f"and {limits.max_side} pixels per side.",
-        param,
-    )
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I"):
-        image = _scale_to_8_bit(image)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        return _flatten_on_white(image.convert("RGBA"))
-    return image.convert("RGB")
-
-
-def _scale_to_8_bit(image: Image.Image) -> Image.Image:
-    # Pillow clips 16-bit samples to 255 when converting to 8 bits, which
-    # turns most 16-bit greyscale images white; scale them instead.
-    if image.mode == "I" and image.getextrema()[1] <= 0xFF:
-        return image
-    return image.convert("I").point(lambda value: value / 257)
-
-
-def _flatten_on_white(rgba: Image.Image) -> Image.Image:
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 # --- http(s) fetching -----------------------------------------------------------------------

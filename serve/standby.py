@@ -13,9 +13,10 @@ models; no CPU while idle, no GPU, no Ray resources); `standby_worker: false` on
 it off. One is the bound, kept by the standbys themselves: an idle preloaded process that finds
 another holding its node's slot for its env exits (`deployments.standby_slot`).
 
-Ray has no public call to start workers ahead of work; this uses the raylet's PrestartWorkers
-RPC, the one Ray's own core worker sends, with Ray pinned in pyproject.toml. If the call fails,
-a warning is logged and cold starts take the normal path.
+Ray has no public call to start workers ahead of work, nor to read which node an actor runs on
+with the dashboard off: those calls are in `serve.ray_compat`, written for the Ray version pinned
+in pyproject.toml. If starting a standby fails, a warning is logged and cold starts take the
+normal path.
 """
 
 from __future__ import annotations
@@ -33,15 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray._private import state as ray_state
-from ray._private.grpc_utils import init_grpc_channel
-from ray._private.utils import get_runtime_env_info
-from ray.core.generated import common_pb2, gcs_pb2, node_manager_pb2, node_manager_pb2_grpc
-from ray.runtime_env import RuntimeEnv
 
 from deployments.preload import PRELOAD_MARKER  # torch-free: the marker every preloaded process carries
 from deployments.standby_slot import is_connected_worker, is_idle_worker
 from serve.demand import connect
+from serve.ray_compat import (
+    SERVE_CONTROLLER_CLASS,
+    Actor,
+    alive_actors,
+    inherited_env,
+    prestart_workers,
+    replica_class,
+)
 
 logger = logging.getLogger("gigarouter.standby")
 
@@ -176,42 +180,9 @@ def alive_nodes() -> list[Node]:
 
 def prestart(node: Node, serialized_env: str, keep_alive_s: int) -> None:
     """Ask a node's raylet to start one idle worker process with this (serialized) runtime env."""
-    host = f"[{node.address}]" if ":" in node.address else node.address
-    runtime_env_info = get_runtime_env_info(RuntimeEnv.deserialize(serialized_env))
-    # the raylet matches an idle worker to a replica by this exact string, so it is sent verbatim
-    runtime_env_info.serialized_runtime_env = serialized_env
-    channel = init_grpc_channel(f"{host}:{node.port}", asynchronous=False)
-    try:
-        request = node_manager_pb2.PrestartWorkersRequest(
-            language=common_pb2.PYTHON,
-            runtime_env_info=runtime_env_info,
-            keep_alive_duration_secs=keep_alive_s,
-            num_workers=1,
-        )
-        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=PRESTART_TIMEOUT_S)
-    finally:
-        channel.close()
-
-
-@dataclass(frozen=True)
-class Actor:
-    """An alive actor as the GCS lists it."""
-
-    actor_id: str
-    class_name: str
-    node_id: str
-    serialized_runtime_env: str
-
-
-def alive_actors(class_names: set[str]) -> list[Actor]:
-    """The alive actors of these classes, with the node each runs on and its runtime env, read from the GCS."""
-    found = []
-    for raw in ray_state.state._connect_and_get_accessor().get_actor_table(None, "ALIVE"):
-        actor = gcs_pb2.ActorTableData.FromString(raw)
-        if actor.class_name in class_names:
-            node = actor.node_id or actor.address.node_id
-            found.append(Actor(actor.actor_id.hex(), actor.class_name, node.hex(), actor.serialized_runtime_env))
-    return found
+    prestart_workers(
+        node.address, node.port, serialized_env, keep_alive_s=keep_alive_s, count=1, timeout_s=PRESTART_TIMEOUT_S
+    )
 
 
 def actor_runtime_envs(class_names: set[str]) -> set[str]:
@@ -219,29 +190,8 @@ def actor_runtime_envs(class_names: set[str]) -> set[str]:
     return {actor.serialized_runtime_env for actor in alive_actors(class_names) if actor.serialized_runtime_env}
 
 
-def replica_class(app: str, deployment: str) -> str:
-    """The actor class name Serve gives the replicas of a deployment (as the GCS lists it)."""
-    return f"ServeReplica:{app}:{deployment}"
-
-
 def local_node_id() -> str:
     return ray.get_runtime_context().get_node_id()
-
-
-def inherited_env(parent: str, child: dict[str, Any]) -> str:
-    """The serialized runtime env of an actor asking for `child`, created by a process whose env is `parent`.
-
-    Ray keeps the child's own serialization when the parent has no env, and otherwise merges the
-    two (env_vars name by name, other fields replaced by the child's) and writes compact JSON with
-    sorted keys. A standby matches a replica only if this string is exactly the same.
-    """
-    base = json.loads(parent) if parent else {}
-    if not base:
-        return RuntimeEnv(**child).serialize()
-    merged = {**base, **child}
-    if "env_vars" in base or "env_vars" in child:
-        merged["env_vars"] = {**base.get("env_vars", {}), **child.get("env_vars", {})}
-    return json.dumps(merged, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass
@@ -299,11 +249,13 @@ class StandbyKeeper:
 
     def plan(self) -> None:
         """Group the models by the runtime env their replicas will get."""
-        controller = sorted(actor_runtime_envs({"ServeController"}))
+        controller = sorted(actor_runtime_envs({SERVE_CONTROLLER_CLASS}))
         groups: dict[str, _Group] = {}
         for deployment, options in self.standbys.items():
             serialized = inherited_env(controller[0] if controller else "", options.get("runtime_env") or {})
-            group = groups.setdefault(serialized, _Group(options, serialized, marker_of(options) or env_key(serialized)))
+            group = groups.setdefault(
+                serialized, _Group(options, serialized, marker_of(options) or env_key(serialized))
+            )
             group.deployments.append(deployment)
         self.groups = list(groups.values())
         self.local_node = local_node_id()

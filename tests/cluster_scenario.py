@@ -76,18 +76,12 @@ def free_port() -> int:
 
 
 def replica_nodes() -> dict[str, list[dict[str, str]]]:
-    """Deployment name -> its replica actors' node ids and states.
-
-    Read from the GCS actor table: `ray.util.state.list_actors` needs the dashboard, which is off.
-    """
-    from ray._private import state
+    """Deployment name -> its replica actors' node ids and states (dead ones left out)."""
+    from serve.ray_compat import replica_actors
 
     nodes: dict[str, list[dict[str, str]]] = {}
-    prefix = f"ServeReplica:{APP}:"
-    for actor in state.actors().values():
-        if actor["ActorClassName"].startswith(prefix) and actor["State"] != "DEAD":
-            deployment = actor["ActorClassName"][len(prefix) :]
-            nodes.setdefault(deployment, []).append({"node": actor["Address"]["NodeID"], "state": actor["State"]})
+    for actor in replica_actors(APP):
+        nodes.setdefault(actor.deployment, []).append({"node": actor.node_id, "state": actor.state})
     return nodes
 
 

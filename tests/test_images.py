@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from serve import images
+from serve.contract import EncodedImage
 from serve.errors import APIError
-from serve.images import ImageLimits, decode_image, fetch_image_bytes, load_image, parse_data_url
+from serve.images import ImageLimits, decode_image, fetch_image_bytes, load_encoded, load_image, parse_data_url
 
 PARAM = "messages[0].content[1].image_url"
 
@@ -300,6 +301,25 @@ def test_load_image_from_data_url():
 )
 def test_load_image_refuses_other_schemes(url):
     expect_error(400, "invalid_image_url", load_image, url, LIMITS, PARAM)
+    expect_error(400, "invalid_image_url", load_encoded, url, LIMITS, PARAM)
+
+
+def test_load_encoded_probes_without_decoding():
+    encoded = asyncio.run(load_encoded(data_url(RED_PNG), LIMITS, PARAM))
+    assert encoded == EncodedImage(RED_PNG, "PNG", 3, 2)
+    # Only the header is read: image data cut short still probes.
+    truncated = encode(Image.new("RGB", (300, 200)), "PNG")[:60]
+    assert asyncio.run(load_encoded(data_url(truncated), LIMITS, PARAM)).size == (300, 200)
+
+
+def test_load_encoded_refuses_bombs_and_unsupported_formats():
+    expect_error(413, "too_large", load_encoded, data_url(png_header(50_000, 50_000)), LIMITS, PARAM)
+    expect_error(400, "unsupported_image_format", load_encoded, data_url(b"%PDF-1.7\n"), LIMITS, PARAM)
+
+
+def test_load_encoded_refuses_fetching_when_http_is_off():
+    limits = ImageLimits(allow_http=False)
+    expect_error(400, "image_url_forbidden", load_encoded, "https://example.com/a.png", limits, PARAM)
 
 
 # --- fetching from a local server -----------------------------------------------------------
@@ -452,6 +472,7 @@ def test_allowlisted_loopback_fetches(server, base):
     assert fetch(f"{base}/img.png", fetch_limits()) == RED_PNG
     image = asyncio.run(load_image(f"{base}/img.png", fetch_limits(), PARAM))
     assert image.size == (3, 2)
+    assert asyncio.run(load_encoded(f"{base}/img.png", fetch_limits(), PARAM)) == EncodedImage(RED_PNG, "PNG", 3, 2)
 
 
 def test_connects_to_the_checked_address_with_the_real_host_header(server, base):

@@ -1,10 +1,10 @@
-"""Standby workers' pure parts: which models get one, where one may go, the runtime env it must match,
-and the claim that lets only one ingress replica start it. The end-to-end check (a cold start runs
-in the standby process) is in tests/test_elastic.py."""
+"""Standby workers' pure parts: which models get one, where one may go, and the claim that lets only
+one ingress replica start it. The runtime env it must match is tested with the rest of Ray's
+internals in tests/test_ray_compat.py; the end-to-end check (a cold start runs in the standby
+process) is in tests/test_elastic.py."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve.config import ModelSpec
-from serve.standby import PRELOAD_MARKER, PRELOAD_MODULE, StandbyLedger, fits, inherited_env, marker_of, preloading
+from serve.standby import PRELOAD_MARKER, PRELOAD_MODULE, StandbyLedger, fits, marker_of, preloading
 
 
 def spec(**overrides) -> ModelSpec:
@@ -75,22 +75,6 @@ def test_a_standby_goes_only_where_the_replica_could_run():
     assert fits(gpu_node, {"resources": {"accelerator_type:H100": 0.001}})
     assert not fits(cpu_node, {"resources": {"accelerator_type:H100": 0.001}})
     assert not fits(gpu_node, {"memory": 4e10})
-
-
-def test_the_replica_env_is_the_deployments_own_when_its_creator_has_none():
-    child = {"env_vars": {"A": "1"}, "py_executable": "/venv/bin/python -m deployments.preload"}
-    assert inherited_env("", child) == json.dumps(child)
-    assert inherited_env("{}", child) == json.dumps(child)
-
-
-def test_the_replica_env_merges_the_creators_env_vars_as_ray_writes_it():
-    # What Ray 2.60 gave a replica created by a controller with a job-level env (seen in its GCS
-    # actor table; tests/test_elastic.py checks this function against a live replica).
-    parent = json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1", "A": "parent", "Z": "é"}})
-    child = {"py_executable": "/venv/bin/python -m deployments.preload", "env_vars": {"A": "1"}}
-    assert inherited_env(parent, child) == (
-        '{"env_vars":{"A":"1","HF_HUB_OFFLINE":"1","Z":"é"},"py_executable":"/venv/bin/python -m deployments.preload"}'
-    )
 
 
 def test_a_standby_is_claimed_once_until_it_is_due_again(tmp_path):
