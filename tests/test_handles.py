@@ -18,12 +18,13 @@ def test_second_app_calls_models_through_handles(gateway, client):
 
     assert result["blip_from_pil"] == result["blip_from_bytes"]
     blip_http = client.post("/v1/chat/completions", json=chat(BLIP, "", data_url(png))).json()
-    assert result["blip_from_pil"]["text"] == blip_http["choices"][0]["message"]["content"]
+    assert result["blip_from_pil"].text == blip_http["choices"][0]["message"]["content"]
 
     od_http = client.post("/v1/chat/completions", json=chat(FLORENCE_LARGE, "<OD>", data_url(png), max_tokens=24)).json()
-    assert result["florence_od"]["results"] == od_http["vision"]["results"]
+    assert result["florence_od"].results == od_http["vision"]["results"]
 
     classify_http = client.post(
         "/v1/classifications", json={"model": SIGLIP, "image": data_url(png), "labels": ["red square", "cat"]}
     ).json()
-    assert [e["label"] for e in result["siglip_labels"]["labels"]] == [e["label"] for e in classify_http["data"]]
+    assert [label for label, _ in result["siglip_labels"].labels] == [e["label"] for e in classify_http["data"]]
+    assert result["siglip_labels"].usage.images == 1

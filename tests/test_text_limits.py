@@ -113,7 +113,7 @@ def test_python_handle_callers_get_the_400_with_argument_names(gateway, checkpoi
     error = find_api_error(info.value)
     assert error is not None and (error.status, error.param) == (400, "texts[1]")
 
-    assert blip.generate.remote(image=png, text="a photo of").result(timeout_s=120)["text"].startswith("a photo of")
+    assert blip.generate.remote(image=png, text="a photo of").result(timeout_s=120).text.startswith("a photo of")
 
 
 def test_a_long_text_never_fails_the_requests_it_arrives_with(client, checkpoints):
