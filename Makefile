@@ -42,8 +42,11 @@ test: checkpoints
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The benchmark (benchmarks/run.py): ~13 min on 2 cores; writes benchmarks/results/latest.{json,md,png}.
+# Then the photo benchmark (benchmarks/photo.py, ~3 min): a 12 MP JPEG in-process and through the
+# gateway; writes benchmarks/results/photo.{md,json}. Smoke run: PHOTO_ARGS=--quick.
 bench: checkpoints
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.photo $(PHOTO_ARGS)
 
 # A bounded soak (soak/run.py): 16 clients, mixed models and endpoints, coming-soon models waking and
 # sleeping, a model replica and the ingress killed midway; 10 min against its own gateway on
