@@ -110,6 +110,7 @@ class VisionModel(TextLimits):
         self.metrics.load.observe(self.load_seconds)
         defaults = BatchConfig()
         self._coalescer = Coalescer(self._run_model, defaults.max_batch_size, defaults.fill_wait_ratio)
+        self.last_image: dict[str, Any] | None = None
         self.ready_at = time.time()
         logger.info(
             "loaded %s (%s) from %s on %s/%s in %.2fs",
@@ -252,6 +253,9 @@ class VisionModel(TextLimits):
             "model": self.spec.id,
             "load_seconds": self.load_seconds,
             "ready_at": self.ready_at,
+            # what the last image arrived as, and the scale it was decoded at (an operator's check
+            # that photos cross Ray encoded and are decoded only as large as the processor needs)
+            "last_image": self.last_image,
             "batches": self.batches_run,
             "items": self.items_run,
             "device": str(self.device),
@@ -309,13 +313,21 @@ class VisionModel(TextLimits):
         the operator's image limits here too; a PIL image from a handle is used as it is.
         """
         if isinstance(value, Image.Image):
+            self.last_image = {"arrived_as": "PIL.Image", "bytes": None, "size": list(value.size), "decoded": None}
             return Picture(value if value.mode == "RGB" else value.convert("RGB"), value.size)
+        arrived_as = type(value).__name__
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = probe_image(bytes(value), self.image_limits, param)
         if not isinstance(value, EncodedImage):
             raise bad_request(f"{param} must be an image: encoded bytes or a PIL image", param=param)
         wanted = self.min_image_size(value.size, item_options)
         image = await asyncio.to_thread(decode_image_for, value, self.image_limits, param, wanted)
+        self.last_image = {
+            "arrived_as": arrived_as,
+            "bytes": len(value.data),
+            "size": list(value.size),
+            "decoded": list(image.size),
+        }
         return Picture(image, value.size)
 
     def generation_settings(self, max_new_tokens: int | None, num_beams: int | None) -> tuple[int, int]:

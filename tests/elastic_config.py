@@ -2,6 +2,8 @@
 
 - `microsoft/Florence-2-base` scales back to zero within seconds instead of minutes, so one test can
   watch a whole 0 -> 1 -> 0 cycle. Other tests that call it only see an extra cold start.
+- `gateway.images.max_side` is 9000 instead of 10000, so a test sees the operator's limit applied in
+  the model replicas too (tests/test_encoded_images.py).
 - `test/toy-colour` is a sixth family defined only in the test tree (tests/toy_family), named under
   the app args' `families:` and served live with one small replica (tests/test_toy_family.py).
 - `test/unplaceable` is an extra catalog entry whose replica asks for a GPU this machine does not
@@ -17,6 +19,7 @@ from tests.helpers import FLORENCE_BASE
 
 ELASTIC_MODEL = FLORENCE_BASE
 UNPLACEABLE = "test/unplaceable"
+OPERATOR_MAX_SIDE = 9000
 TOY_MODEL = "test/toy-colour"
 TOY_FAMILY_PATH = "tests.toy_family.descriptor:TOY"
 TEST_ONLY_MODELS = frozenset({UNPLACEABLE, TOY_MODEL})
@@ -38,6 +41,8 @@ FAST_SCALE_TO_ZERO = {
 def apply_elastic_overrides(args: dict[str, Any]) -> None:
     """Shorten the elastic model's delays and the standby checks, and add the unplaceable entry to the session's `args`."""
     args.setdefault("gateway", {})["standby_check_s"] = STANDBY_CHECK_S
+    # an operator limit below the default, so tests can tell it reached the model replicas
+    args["gateway"].setdefault("images", {})["max_side"] = OPERATOR_MAX_SIDE
     for model in args["models"]:
         if model["id"] == ELASTIC_MODEL:
             scaling = model.setdefault("deployment", {}).setdefault("autoscaling_config", {})
