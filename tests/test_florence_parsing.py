@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from deployments.florence2 import parse_answer
-from serve.catalog import FLORENCE2_TASKS
+from families.florence2 import TASKS as FLORENCE2_TASKS
 
 # Not square, so a swapped width and height would show. Florence bins are 1000 per side; bin b maps
 # to int((b + 0.5) * side / 1000): on 200x100, <loc_100> is x 20 or y 10, <loc_999> is x 199 or y 99.

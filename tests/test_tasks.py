@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from serve.catalog import FLORENCE2_TASKS, KOSMOS2_TASKS
+from families.florence2 import TASKS as FLORENCE2_TASKS
+from families.kosmos2 import TASKS as KOSMOS2_TASKS
 from tests.helpers import FLORENCE_LARGE, SIGLIP, assert_error, chat, data_url, png_bytes
 
 IMAGE_SIZE = (64, 48)
@@ -252,25 +253,25 @@ def test_every_operation_over_ray_handles(gateway, client, image_url):
         region = REGION if task.input == "region" else None
         result = florence.generate.remote(image=png, task=task.name, text=text, region=region).result(timeout_s=60)
         http = client.post(f"/v1/vision/florence-2-large/{task.name}", json=fal_body(task, image_url)).json()
-        assert result["results"] == http["results"], task.name
+        assert result.results == http["results"], task.name
 
     kosmos = serve.get_deployment_handle("kosmos-2-patch14-224", app_name="gigarouter")
     for task in KOSMOS2_TASKS:
         text = "a red square" if task.input == "text" else None
         region = REGION if task.input == "region" else None
         result = kosmos.generate.remote(image=png, task=task.name, text=text, region=region).result(timeout_s=120)
-        assert set(result["results"]) == {"text", "answer", "entities"}, task.name
+        assert set(result.results) == {"text", "answer", "entities"}, task.name
 
     blip = serve.get_deployment_handle("blip-image-captioning-base", app_name="gigarouter")
-    assert blip.generate.remote(image=png, text="a photo of").result(timeout_s=120)["text"].startswith("a photo of")
+    assert blip.generate.remote(image=png, text="a photo of").result(timeout_s=120).text.startswith("a photo of")
 
     siglip = serve.get_deployment_handle("siglip2-base-patch16-naflex", app_name="gigarouter")
-    images = siglip.embed_images.remote(images=[png]).result(timeout_s=120)["embeddings"]
-    texts = siglip.embed_texts.remote(texts=["a cat"]).result(timeout_s=60)["embeddings"]
+    images = siglip.embed_images.remote(images=[png]).result(timeout_s=120).vectors
+    texts = siglip.embed_texts.remote(texts=["a cat"]).result(timeout_s=60).vectors
     assert np.allclose(np.linalg.norm(images, axis=1), 1, atol=1e-4) and np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-4)
-    labels = siglip.classify.remote(image=png, labels=["cat", "dog"]).result(timeout_s=60)["labels"]
-    assert {entry["label"] for entry in labels} == {"cat", "dog"}
-    scores = siglip.score.remote(images=[png, png], texts=["cat"]).result(timeout_s=60)["scores"]
+    labels = siglip.classify.remote(image=png, labels=["cat", "dog"]).result(timeout_s=60).labels
+    assert {label for label, _ in labels} == {"cat", "dog"}
+    scores = siglip.score.remote(images=[png, png], texts=["cat"]).result(timeout_s=60).scores
     assert np.array(scores).shape == (2, 1)
     http_embedding = client.post("/v1/embeddings", json={"model": SIGLIP, "input": [image_url]}).json()
     assert np.allclose(http_embedding["data"][0]["embedding"], images[0], atol=1e-5)
