@@ -54,6 +54,8 @@ def test_model_card_and_openapi(client):
     assert card["id"] == SIGLIP and card["object"] == "model" and card["owned_by"] == "google"
     assert card["endpoints"] == ["classifications", "embeddings", "scores"]
     assert_error(client.get("/v1/models/acme/nope"), 404, "model")
+    # the card answers to the same names inference does: the id or the deployment name
+    assert client.get("/v1/models/siglip2-base-patch16-naflex").json()["id"] == SIGLIP
     spec = client.get("/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/embeddings" in spec["paths"]
     chat_responses = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
