@@ -19,7 +19,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # ingress replica died (serve/proxy_errors.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve.proxy_errors:middlewares
 
-.PHONY: install checkpoints run test bench soak clean
+.PHONY: install checkpoints postgres browser run test bench soak clean
 
 install: $(VENV)/.installed
 
@@ -38,7 +38,31 @@ run: checkpoints
 	$(PY) -m serve.announce --config $(CONFIG) & \
 	$(VENV)/bin/serve run $(CONFIG)
 
-test: checkpoints
+# PostgreSQL server binaries for the store tests (tests/postgres.py starts a throwaway server on
+# 127.0.0.1 from them, as the `postgres` user when run as root): Debian's `postgresql` package,
+# installed only when no server is found. The package's own "main" cluster is not created, so
+# nothing starts on port 5432. About 20-40 s on a machine without it; nothing when it is there.
+PG_BIN_GLOB := /usr/lib/postgresql/*/bin/postgres
+postgres:
+	@if ls $(PG_BIN_GLOB) >/dev/null 2>&1 || [ -n "$$PG_BIN" ]; then exit 0; fi; \
+	echo "installing Debian's postgresql for the store tests"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO mkdir -p /etc/postgresql-common/createcluster.d && \
+	echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.d/gigarouter.conf >/dev/null && \
+	$$SUDO apt-get update -q && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends postgresql >/dev/null
+
+# Headless Chromium and its WebDriver for the browser tests (tests/test_pages.py): Debian's
+# `chromium` and `chromium-driver`, installed only when either is missing (~1-2 min once; nothing
+# when they are there). The tests start them themselves and talk to 127.0.0.1 only.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -q && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+
+test: checkpoints postgres browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The benchmark (benchmarks/run.py): ~13 min on 2 cores; writes benchmarks/results/latest.{json,md,png}.

@@ -10,6 +10,7 @@ import pytest
 
 from tests.elastic_config import STANDBY_GRACE_S, apply_elastic_overrides
 from tests.hardening_apps import faults, guarded  # noqa: F401  (session fixtures: extra Serve apps)
+from tests.postgres_fixtures import fresh_postgres_url, postgres_server, postgres_url  # noqa: F401
 from tests.helpers import APP_NAME, ROOT, data_url, local_args, png_bytes
 from tools.launcher import LocalStack, prepare_env
 
