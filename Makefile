@@ -38,6 +38,18 @@ run: checkpoints
 	$(PY) -m serve.announce --config $(CONFIG) & \
 	$(VENV)/bin/serve run $(CONFIG)
 
+# TLS for local use (tools/selfsigned.py): a throwaway CA and a certificate for 127.0.0.1/::1/localhost
+# in certs/ (git-ignored), and certs/<config>-tls.yaml: $(CONFIG) served over https on 127.0.0.1:8443.
+# Clients trust certs/ca.crt: SSL_CERT_FILE=certs/ca.crt (Python, fal_client), curl --cacert certs/ca.crt.
+.PHONY: cert run-tls
+cert: install
+	$(PY) -m tools.selfsigned --out certs --config $(CONFIG)
+
+# `make run` over https (what fal_client needs): makes the certificate first when there is none.
+run-tls: checkpoints
+	test -f certs/$(basename $(notdir $(CONFIG)))-tls.yaml || $(MAKE) cert
+	$(MAKE) run CONFIG=certs/$(basename $(notdir $(CONFIG)))-tls.yaml
+
 # PostgreSQL server binaries for the store tests (tests/postgres.py starts a throwaway server on
 # 127.0.0.1 from them, as the `postgres` user when run as root): Debian's `postgresql` package,
 # installed only when no server is found. The package's own "main" cluster is not created, so
@@ -71,6 +83,7 @@ test: checkpoints postgres browser
 bench: checkpoints
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.photo $(PHOTO_ARGS)
+	$(PY) -m benchmarks.metering $(METERING_ARGS)
 
 # A bounded soak (soak/run.py): 16 clients, mixed models and endpoints, coming-soon models waking and
 # sleeping, a model replica and the ingress killed midway; 10 min against its own gateway on

@@ -12,6 +12,10 @@ from serve.errors import bad_request
 
 Endpoint = Literal["chat", "embeddings", "classifications", "scores"]
 TaskInput = Literal["none", "text", "region", "optional_text"]
+# What the catalog page filters by (`/`): one per task.
+TaskCategory = Literal[
+    "captioning", "detection", "ocr", "segmentation", "grounding", "embeddings", "zero-shot", "other"
+]
 
 ENDPOINT_PATHS: dict[str, str] = {
     "chat": "/v1/chat/completions",
@@ -23,12 +27,14 @@ ENDPOINT_PATHS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a family: its public name, the prompt that selects it in chat, and what input it takes."""
+    """One task of a family: its public name, the prompt that selects it in chat, what input it takes, and the
+    catalog category it is listed under."""
 
     name: str
     prompt: str
     input: TaskInput
     endpoint: Endpoint = "chat"
+    category: TaskCategory = "other"
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from families.base import Family, Task
 
 TASKS = (
-    Task("caption", "", "none"),
-    Task("conditional-caption", "", "text"),
+    Task("caption", "", "none", category="captioning"),
+    Task("conditional-caption", "", "text", category="captioning"),
 )
 
 

@@ -8,21 +8,21 @@ from families.base import Family, Task
 from serve.errors import bad_request
 
 TASKS = (
-    Task("caption", "<CAPTION>", "none"),
-    Task("detailed-caption", "<DETAILED_CAPTION>", "none"),
-    Task("more-detailed-caption", "<MORE_DETAILED_CAPTION>", "none"),
-    Task("object-detection", "<OD>", "none"),
-    Task("dense-region-caption", "<DENSE_REGION_CAPTION>", "none"),
-    Task("region-proposal", "<REGION_PROPOSAL>", "none"),
-    Task("caption-to-phrase-grounding", "<CAPTION_TO_PHRASE_GROUNDING>", "text"),
-    Task("referring-expression-segmentation", "<REFERRING_EXPRESSION_SEGMENTATION>", "text"),
-    Task("region-to-segmentation", "<REGION_TO_SEGMENTATION>", "region"),
-    Task("open-vocabulary-detection", "<OPEN_VOCABULARY_DETECTION>", "text"),
-    Task("region-to-category", "<REGION_TO_CATEGORY>", "region"),
-    Task("region-to-description", "<REGION_TO_DESCRIPTION>", "region"),
-    Task("region-to-ocr", "<REGION_TO_OCR>", "region"),
-    Task("ocr", "<OCR>", "none"),
-    Task("ocr-with-region", "<OCR_WITH_REGION>", "none"),
+    Task("caption", "<CAPTION>", "none", category="captioning"),
+    Task("detailed-caption", "<DETAILED_CAPTION>", "none", category="captioning"),
+    Task("more-detailed-caption", "<MORE_DETAILED_CAPTION>", "none", category="captioning"),
+    Task("object-detection", "<OD>", "none", category="detection"),
+    Task("dense-region-caption", "<DENSE_REGION_CAPTION>", "none", category="detection"),
+    Task("region-proposal", "<REGION_PROPOSAL>", "none", category="detection"),
+    Task("caption-to-phrase-grounding", "<CAPTION_TO_PHRASE_GROUNDING>", "text", category="grounding"),
+    Task("referring-expression-segmentation", "<REFERRING_EXPRESSION_SEGMENTATION>", "text", category="segmentation"),
+    Task("region-to-segmentation", "<REGION_TO_SEGMENTATION>", "region", category="segmentation"),
+    Task("open-vocabulary-detection", "<OPEN_VOCABULARY_DETECTION>", "text", category="detection"),
+    Task("region-to-category", "<REGION_TO_CATEGORY>", "region", category="detection"),
+    Task("region-to-description", "<REGION_TO_DESCRIPTION>", "region", category="captioning"),
+    Task("region-to-ocr", "<REGION_TO_OCR>", "region", category="ocr"),
+    Task("ocr", "<OCR>", "none", category="ocr"),
+    Task("ocr-with-region", "<OCR_WITH_REGION>", "none", category="ocr"),
 )
 
 TASK_TOKEN = re.compile(r"^\s*(<[A-Z_]+>)\s*(.*)$", re.DOTALL)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from families.base import Family, Task
 
 TASKS = (
-    Task("grounded-caption", "<grounding>", "optional_text"),
-    Task("phrase-grounding", "<grounding><phrase>", "text"),
-    Task("referring-expression-generation", "<grounding><phrase> It</phrase>", "region"),
-    Task("grounded-vqa", "<grounding> Question:", "text"),
+    Task("grounded-caption", "<grounding>", "optional_text", category="captioning"),
+    Task("phrase-grounding", "<grounding><phrase>", "text", category="grounding"),
+    Task("referring-expression-generation", "<grounding><phrase> It</phrase>", "region", category="captioning"),
+    Task("grounded-vqa", "<grounding> Question:", "text", category="grounding"),
 )
 
 DEFAULT_CAPTION_PROMPT = "<grounding>An image of"

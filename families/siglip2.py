@@ -7,10 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from families.base import Family, Task
 
 TASKS = (
-    Task("image-embedding", "", "none", endpoint="embeddings"),
-    Task("text-embedding", "", "text", endpoint="embeddings"),
-    Task("zero-shot-classification", "", "text", endpoint="classifications"),
-    Task("image-text-scoring", "", "text", endpoint="scores"),
+    Task("image-embedding", "", "none", endpoint="embeddings", category="embeddings"),
+    Task("text-embedding", "", "text", endpoint="embeddings", category="embeddings"),
+    Task("zero-shot-classification", "", "text", endpoint="classifications", category="zero-shot"),
+    Task("image-text-scoring", "", "text", endpoint="scores", category="zero-shot"),
 )
 
 

@@ -30,16 +30,24 @@ def application_runtime_env() -> dict[str, Any]:
     return {key: value for key, value in dict(env or {}).items() if value not in (None, {}, [], "")}
 
 
+def absolute_sqlite(url: str) -> str:
+    """A SQLite URL with its file as an absolute path (replicas and the controller run elsewhere)."""
+    prefix, sep, path = url.partition(":///")
+    if not prefix.startswith("sqlite") or not sep or path.startswith("/") or path in ("", ":memory:"):
+        return url
+    return f"{prefix}:///{Path(path).expanduser().resolve()}"
+
+
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """Bind one deployment per catalog entry and the ingress that routes to them."""
     args = AppArgs.model_validate(args)
-    gateway = args.gateway.model_copy(update={"demand_db": str(Path(args.gateway.demand_db).expanduser().resolve())})
+    gateway = args.gateway.model_copy(update={"database_url": absolute_sqlite(args.gateway.store_url)})
     app_env = application_runtime_env()
     handles = {}
     standbys = {}
     for spec in args.models:
         source = args.resolve_source(spec.source)
-        options = spec.serve_options(demand_db=gateway.demand_db, app_env=app_env)
+        options = spec.serve_options(demand_db=gateway.database_url, app_env=app_env)
         model_class = runtime_class(family_of(spec.family))
         handles[spec.id] = serve.deployment(model_class).options(**options).bind(
             spec.model_dump(), source, gateway.images.model_dump()

@@ -42,6 +42,11 @@ class AuthConfig(BaseModel):
     keys_file: str | None = Field(
         None, description="file on the ingress node: one key, or `sha256:<hex digest>` of a key, per line"
     )
+    admin_keys_env: str | None = Field(
+        "GIGAROUTER_ADMIN_KEYS",
+        description="environment variable of the ingress replicas holding the admin keys (comma-separated):"
+        " they manage keys (/v1/admin/keys) and read everyone's usage",
+    )
 
 
 def digest(key: str) -> bytes:
@@ -51,8 +56,14 @@ def digest(key: str) -> bytes:
 class KeyStore:
     """The SHA-256 digests of the accepted API keys."""
 
-    def __init__(self, digests: Iterable[bytes]) -> None:
-        self._digests = tuple(dict.fromkeys(digests))
+    def __init__(self, digests: Iterable[bytes], admin: Iterable[bytes] = ()) -> None:
+        admin = tuple(dict.fromkeys(admin))
+        self._digests = tuple(dict.fromkeys([*digests, *admin]))
+        self._admin_ids = frozenset(d.hex()[:12] for d in admin)
+
+    def is_admin(self, key_id: str) -> bool:
+        """Whether the key with this id is an admin key."""
+        return key_id in self._admin_ids
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -66,7 +77,10 @@ class KeyStore:
             digests += [digest(key) for key in _split_keys(environ.get(config.keys_env, ""), config.keys_env)]
         if config.keys_file:
             digests += _read_key_file(Path(config.keys_file).expanduser())
-        store = cls(digests)
+        admin: list[bytes] = []
+        if config.admin_keys_env:
+            admin = [digest(key) for key in _split_keys(environ.get(config.admin_keys_env, ""), config.admin_keys_env)]
+        store = cls(digests, admin)
         if not store:
             sources = " or ".join(s for s in (config.keys_env and f"${config.keys_env}", config.keys_file) if s)
             raise ValueError(
@@ -76,20 +90,30 @@ class KeyStore:
         logger.info("API key auth on: %d key(s)", len(store))
         return store
 
-    def identify(self, authorization: str | None) -> str | None:
-        """The key id of a valid `Authorization: Bearer <key>` header, else None."""
-        if not authorization:
-            return None
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return None
-        presented = digest(token)
-        match: bytes | None = None
+    def match(self, secret: str) -> str | None:
+        """The key id of a bootstrap key's secret, else None (constant time over the keys)."""
+        presented = digest(secret)
+        found: bytes | None = None
         for known in self._digests:  # no early exit: the time taken does not depend on which key matched
             if hmac.compare_digest(presented, known):
-                match = known
-        return match.hex()[:12] if match is not None else None
+                found = known
+        return found.hex()[:12] if found is not None else None
+
+    def identify(self, authorization: str | None) -> str | None:
+        """The key id of a valid `Authorization` header, else None: `Bearer <key>` (OpenAI's scheme) or
+        `Key <key>` (fal's: what `fal_client` sends from `FAL_KEY`), the same keys either way; the
+        scheme in any letter case."""
+        secret = secret_of(authorization)
+        return None if secret is None else self.match(secret)
+
+
+def secret_of(authorization: str | None) -> str | None:
+    """The key in `Authorization: Bearer <key>` (OpenAI's scheme) or `Key <key>` (fal's), else None."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() not in ("bearer", "key") or not token:
+        return None
+    return token
 
 
 def _split_keys(text: str, source: str) -> list[str]:

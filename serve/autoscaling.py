@@ -21,36 +21,27 @@ the delays: `upscale_delay_s`, `downscale_delay_s`, `downscale_to_zero_delay_s`)
   for) does not hold a resource request, and keep a cluster autoscaler launching nodes, forever
   after the request that woke it timed out.
 
-Where the demand counts live on a cluster. The policy runs inside the Serve controller (on the
-head node); the counts are written by the ingress replicas (`serve.demand.DemandStore`, SQLite in
-WAL mode) wherever they run. The policy only reads, at most once per `refresh_s`, so any of these
-works:
+Where the demand counts live: in the gateway's store (`gateway.database_url`), which the ingress
+replicas write. The policy runs inside the Serve controller (on the head node) and reads the count
+at most once per `refresh_s`, with a 2 s timeout (on a failure the last count stands). With the
+default SQLite file, controller and ingress must share that file (one host, or the ingress pinned
+to the head); on a cluster use PostgreSQL (README: "Database"), which every process reaches.
 
-1. Single-host or head-pinned ingress: keep `gateway.demand_db` on the head node's local disk and
-   pin the ingress replicas to the head (e.g. `ray_actor_options: {resources: {head: 0.01}}` with a
-   custom `head` resource on the head node type). SQLite WAL needs all readers and writers on one
-   host, because its shared-memory index does not work over network file systems.
-2. Shared storage (EFS, NFS, a mounted volume): a path visible at the same location on every node.
-   Use it only with the rollback journal (not WAL) and a file system with working POSIX locks;
-   writes are rare (one row per interest click), so the lock contention is negligible.
-3. One owner: a detached Ray actor (e.g. named `gigarouter-demand`, pinned to the head) owns the
-   SQLite file and serves `record`/`counts`; ingress replicas and this policy call it, so the file
-   is only ever opened by one process. This is the most robust choice for multi-node ingress.
-
-This module imports only the standard library and Ray: Serve pickles the policy class by value
-into the controller, which therefore does not need this package installed.
+The policy reads through `serve.store`, so the controller's Python must import this package: it
+does where the gateway was installed on the head node (cluster.yaml installs it on every node).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import sqlite3
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from ray.serve.config import AutoscalingContext
+
+from serve.store.blocking import BlockingStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,7 +51,7 @@ class DemandAwarePolicy:
 
     Example, as Serve calls it::
 
-        policy = DemandAwarePolicy("microsoft/Florence-2-base", "/data/demand.sqlite3",
+        policy = DemandAwarePolicy("microsoft/Florence-2-base", "sqlite+aiosqlite:////data/gigarouter.sqlite3",
                                    prewarm_interest=5, keep_warm_interest=2)
         replicas, state = policy(ctx)   # ctx: ray.serve.config.AutoscalingContext
     """
@@ -68,7 +59,7 @@ class DemandAwarePolicy:
     def __init__(
         self,
         model_id: str,
-        demand_db: str | None = None,
+        database_url: str | None = None,
         interest_window_s: float = 3600.0,
         prewarm_interest: int | None = None,
         keep_warm_interest: int | None = None,
@@ -80,7 +71,8 @@ class DemandAwarePolicy:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset)")
         self.model_id = model_id
-        self.demand_db = demand_db
+        self.database_url = database_url
+        self._store: BlockingStore | None = None
         self.interest_window_s = float(interest_window_s)
         self.prewarm_interest = prewarm_interest
         self.keep_warm_interest = keep_warm_interest
@@ -113,31 +105,30 @@ class DemandAwarePolicy:
 
     def recent_interest(self, now: float) -> int:
         """Interest signals for this model within the window, re-read at most every `refresh_s`."""
-        if not self.demand_db or (self.prewarm_interest is None and self.keep_warm_interest is None):
+        if not self.database_url or (self.prewarm_interest is None and self.keep_warm_interest is None):
             return 0
         if self._read_at is not None and now - self._read_at < self.refresh_s:
             return self._interest
         self._read_at = now
-        self._interest = self._count(now - self.interest_window_s)
+        self._interest = self._count(now)
         return self._interest
 
-    def _count(self, since: float) -> int:
-        # Read only: never create the file or its schema here; the ingress owns it.
-        if not os.path.exists(self.demand_db):
-            return 0
+    def _count(self, now: float) -> int:
+        # The store the ingress replicas write (SQLite or PostgreSQL), read with a short timeout:
+        # on a failure the last count stands.
+        if self._store is None:
+            self._store = BlockingStore(self.database_url)
+        at = datetime.fromtimestamp(now, UTC)
+        window = self.interest_window_s
         try:
-            db = sqlite3.connect(self.demand_db, timeout=1.0)
-            try:
-                row = db.execute(
-                    "SELECT COUNT(*) FROM interest WHERE model = ? AND at >= ?", (self.model_id, since)
-                ).fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error as error:
+            count = self._store.call(
+                lambda store: store.interest_count(self.model_id, window_s=window, now=at), timeout_s=2.0
+            )
+        except Exception as error:  # noqa: BLE001  (any failure: keep deciding on the last count)
             message = f"{type(error).__name__}: {error}"
             if message != self._last_error:  # once per distinct error, not once per tick
-                logger.warning("demand policy for %s cannot read %s: %s", self.model_id, self.demand_db, message)
+                logger.warning("demand policy for %s cannot read the store: %s", self.model_id, message)
                 self._last_error = message
             return self._interest
         self._last_error = None
-        return int(row[0])
+        return int(count)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from families.registry import FAMILIES, family_of, load
 from serve.auth import AuthConfig
 from serve.errors import bad_request
+from serve.fal.settings import FalQueueConfig
 from serve.images import ImageLimits
 from serve.limits import RateLimitConfig
 from serve.standby import INTERPRETER_KEYS, preloading
@@ -131,7 +132,7 @@ def picks_interpreter(runtime_env: dict[str, Any] | None) -> list[str]:
 class DemandPolicy(Strict):
     """Opt-in demand-aware autoscaling (`serve.autoscaling.DemandAwarePolicy`) for an autoscaled model.
 
-    Interest signals are `POST /v1/models/{id}/interest` calls counted in `gateway.demand_db`.
+    Interest signals are `POST /v1/models/{id}/interest` calls counted in the store (`gateway.database_url`).
     """
 
     interest_window_s: float = Field(3600.0, gt=0, description="interest older than this does not count")
@@ -178,6 +179,34 @@ class DeploymentConfig(Strict):
     )
 
 
+# Links end up in `href`s of the model pages: plain http(s) URLs only, never `javascript:` or `data:`.
+WEB_URL_PATTERN = r"^https?://[^\s<>\"'`]+$"
+
+
+class Benchmark(Strict):
+    """One published result, shown with its source on the model's page. Copy it from the source; never estimate."""
+
+    benchmark: str = Field(min_length=1, description="e.g. COCO Captions (Karpathy test)")
+    metric: str = Field(min_length=1, description="e.g. CIDEr, mAP, top-1 accuracy (%)")
+    value: float
+    source: str = Field(min_length=1, description="where the figure is published: paper or model card")
+    url: str | None = Field(None, pattern=WEB_URL_PATTERN, description="link to the source (http or https)")
+
+
+class Link(Strict):
+    title: str = Field(min_length=1)
+    url: str = Field(pattern=WEB_URL_PATTERN)
+
+
+class CardInfo(Strict):
+    """`card:` of a catalog entry: what the model's page (`/models/{id}`) says beyond the catalog fields."""
+
+    description: str = ""
+    specs: dict[str, str] = Field(default_factory=dict, description="key facts, shown as a table in this order")
+    benchmarks: list[Benchmark] = Field(default_factory=list)
+    links: list[Link] = Field(default_factory=list)
+
+
 class ModelSpec(Strict):
     """One catalog entry: what is served under `id`, from which checkpoint, and how it is deployed."""
 
@@ -207,6 +236,7 @@ class ModelSpec(Strict):
         None, gt=0, description="how long a request may wait for this model to start (default: the gateway's)"
     )
     demand_policy: DemandPolicy | None = Field(None, description="demand-aware autoscaling (opt-in)")
+    card: CardInfo | None = Field(None, description="the model page's description, specs, benchmarks and links")
     standby_worker: bool = Field(
         True,
         description="while this model has no replica, keep one idle worker process per node that has already"
@@ -297,7 +327,7 @@ class ModelSpec(Strict):
     ) -> dict[str, Any]:
         """The keyword arguments of `Deployment.options` for this model.
 
-        `demand_db`: for `demand_policy`; `app_env`: the application's runtime_env, merged into the
+        `demand_db`: the database URL, for `demand_policy`; `app_env`: the application's runtime_env, merged into the
         replicas' (Serve would otherwise drop it for a deployment that sets its own).
         """
         dep = self.deployment
@@ -319,7 +349,7 @@ class ModelSpec(Strict):
         if self.demand_policy is not None:
             options["autoscaling_config"]["policy"] = {
                 "policy_function": DEMAND_POLICY_PATH,
-                "policy_kwargs": {"model_id": self.id, "demand_db": demand_db, **self.demand_policy.model_dump()},
+                "policy_kwargs": {"model_id": self.id, "database_url": demand_db, **self.demand_policy.model_dump()},
             }
         if self.standby_with(app_env):
             options["ray_actor_options"] = preloading(options["ray_actor_options"])
@@ -346,9 +376,23 @@ class GatewayConfig(Strict):
     )
     auth: AuthConfig = Field(default_factory=AuthConfig)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
-    demand_db: str = Field(
-        "data/demand.sqlite3",
-        description="SQLite file of demand signals and standby-worker starts (shared storage on a cluster)",
+    database_url: str | None = Field(
+        None,
+        description="the store (keys, usage, demand, standby starts): sqlite+aiosqlite:///FILE (default"
+        " data/gigarouter.sqlite3, or $GIGAROUTER_DATABASE_URL) or postgresql+asyncpg://USER:PASSWORD@HOST/DB"
+        " (shared by every ingress replica on a cluster)",
+    )
+    demand_db: str | None = Field(
+        None, description="older name: a SQLite file path, used as the database when database_url is not set"
+    )
+    metering: bool = Field(
+        True, description="record usage and enforce budgets (false: no usage ledger, budgets not enforced)"
+    )
+    usage_flush_s: float = Field(
+        1.0, gt=0, le=60, description="how often buffered usage rows are written (a crash loses at most this much)"
+    )
+    keys_refresh_s: float = Field(
+        2.0, gt=0, le=60, description="how often each ingress re-reads the API keys (revokes take effect within it)"
     )
     num_replicas: int = Field(1, ge=1, description="ingress replicas")
     standby_keep_alive_s: int = Field(
@@ -362,6 +406,18 @@ class GatewayConfig(Strict):
     )
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
     max_ongoing_requests: int = Field(256, ge=1)
+    fal: FalQueueConfig = Field(default_factory=FalQueueConfig, description="the fal queue (serve/fal/)")
+
+    @property
+    def store_url(self) -> str:
+        """The database URL this gateway uses (a relative SQLite path is relative to the working directory)."""
+        if self.database_url:
+            return self.database_url
+        if self.demand_db:
+            return f"sqlite+aiosqlite:///{self.demand_db}"
+        from serve.store.engine import default_url  # noqa: PLC0415  (kept out of config imports)
+
+        return default_url()
 
     @model_validator(mode="after")
     def _rate_limit_key(self) -> GatewayConfig:

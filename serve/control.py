@@ -20,6 +20,7 @@ from ray import serve
 from serve.errors import short_reason
 from serve.ray_compat import alive_actors, replica_class
 from serve.standby import StandbyKeeper, StandbyLedger
+from serve.store import Store
 
 # The oldest read of Serve's status a request uses without waiting for a new one, and only for a
 # model this ingress sent a request to within the same time: models go back to zero only after a
@@ -139,10 +140,10 @@ class ControlPlane:
         self._standby_task: asyncio.Task | None = None
 
     def keep_standbys(
-        self, standbys: dict[str, dict[str, Any]], ledger_path: str, keep_alive_s: int, check_s: float
+        self, standbys: dict[str, dict[str, Any]], store: Store, keep_alive_s: int, check_s: float
     ) -> None:
         """Start the keeper of standby workers (on the running loop; it lives until `close`)."""
-        keeper = StandbyKeeper(self.app_name, standbys, StandbyLedger(ledger_path), keep_alive_s, check_s)
+        keeper = StandbyKeeper(self.app_name, standbys, StandbyLedger(store), keep_alive_s, check_s)
         self._standby_task = asyncio.get_running_loop().create_task(keeper.run(self.states.get))
 
     def close(self) -> None:

@@ -16,14 +16,19 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from families.registry import load
+from serve.accounts import Accounts
 from serve.config import GatewayConfig, ModelSpec
 from serve.control import ControlPlane
-from serve.demand import DemandStore
 from serve.dispatch import Dispatcher
 from serve.errors import APIError, error_body
 from serve.limits import Guard, GuardMiddleware
-from serve.routers import models, openai, vision
+from serve.account_service import AccountService
+from serve.routers import accounts, models, openai, pages, vision
+from serve.routers import fal as fal_router
+from serve.routers import fal_queue
+from serve.fal.runner import JobRunner
 from serve.service import GatewayService
+from serve.store import Store
 from serve.validation import document_error_envelope, validation_error
 
 logger = logging.getLogger("gigarouter.ingress")
@@ -86,8 +91,10 @@ def _replica_guard() -> Guard | None:
 
 # Auth, rate limit and body cap run before routing and body parsing (serve/limits.py).
 app.add_middleware(GuardMiddleware, guard=_replica_guard)
-for router in (models.router, openai.router, vision.router):
+for router in (models.router, openai.router, vision.router, accounts.router, pages.router):
     app.include_router(router)
+app.include_router(fal_queue.router)  # /fal/queue/...: jobs in the store, run by each replica's JobRunner
+app.include_router(fal_router.router)  # /fal/...: fal.ai's protocol over the same service (serve/fal/)
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -95,7 +102,7 @@ for router in (models.router, openai.router, vision.router):
 class Gateway:
     """The ingress replica: builds the service the routes call, and owns the control plane."""
 
-    def __init__(
+    async def __init__(
         self,
         config: dict[str, Any],
         models: list[dict[str, Any]],
@@ -103,25 +110,42 @@ class Gateway:
         standbys: dict[str, dict[str, Any]] | None = None,
         families: list[str] | None = None,
     ) -> None:
+        # Serve runs this (async) constructor on the replica's event loop.
         for path in families or []:  # families a config adds by import path, before the models are read
             load(path)
         self.config = GatewayConfig.model_validate(config)
         specs = [ModelSpec.model_validate(m) for m in models]
-        self.guard = Guard.from_config(self.config.max_body_bytes, self.config.auth, self.config.rate_limit)
+        self.store = Store(self.config.store_url)
+        # every ingress replica migrates at start; the store serialises concurrent migrations
+        await self.store.migrate()
+        self.accounts = Accounts(self.store, self.config.keys_refresh_s, self.config.usage_flush_s)
+        await self.accounts.start()
+        self.guard = Guard.from_config(
+            self.config.max_body_bytes, self.config.auth, self.config.rate_limit, self.accounts
+        )
         self.control = ControlPlane(serve.get_replica_context().app_name, self.config.status_cache_s)
         if standbys:
-            # Serve runs the constructor on the replica's event loop; the keeper lives as long as it
             self.control.keep_standbys(
-                standbys, self.config.demand_db, self.config.standby_keep_alive_s, self.config.standby_check_s
+                standbys, self.store, self.config.standby_keep_alive_s, self.config.standby_check_s
             )
         dispatcher = Dispatcher(self.config, handles, self.control)
-        self.service = GatewayService(self.config, specs, dispatcher, self.control, DemandStore(self.config.demand_db))
+        metering = self.accounts if self.config.metering else None
+        self.service = GatewayService(self.config, specs, dispatcher, self.control, self.store, metering)
+        self.account_service = AccountService(self.store, self.config.auth.enabled)
+        self.jobs = JobRunner(self.service, self.store, self.config.fal, self.config.images.host_policy())
+        self.jobs.start()  # the fal queue's jobs run in every ingress replica (serve/fal/runner.py)
 
-    def __del__(self) -> None:
-        # Serve calls this when it stops the replica: end the keeper before the event loop's
-        # executor goes away under it
+    async def __del__(self) -> None:
+        # Serve calls this when it stops the replica: end the keeper, then write the usage still
+        # buffered (a graceful stop loses none), then close the database
+        if getattr(self, "jobs", None) is not None:
+            await self.jobs.close()
         if getattr(self, "control", None) is not None:
             self.control.close()
+        if getattr(self, "accounts", None) is not None:
+            await self.accounts.close()
+        if getattr(self, "store", None) is not None:
+            await self.store.close()
 
     async def environment(self, names: list[str]) -> dict[str, str | None]:
         """The values of these environment variables in this ingress replica's process (for handles:

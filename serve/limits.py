@@ -3,7 +3,9 @@
 `GuardMiddleware` is a plain ASGI middleware in front of the FastAPI app. Per HTTP request it
 checks, in this order, before any route code or body parsing runs:
 
-1. auth (when on): `Authorization: Bearer <key>` must name a configured key, else 401;
+1. auth (when on): `Authorization: Bearer <key>` (or fal's `Key <key>`) must name a bootstrap key
+   (env/file) or a key in the store (`serve.accounts`), else 401 (with the reason for a revoked or
+   expired key); the caller goes into the ASGI scope's state for the routes;
 2. the rate limit (when on): one token from the caller's bucket, else 429 with `Retry-After`;
 3. the body size: a declared `Content-Length` over `max_body_bytes` is refused at once, and the
    body is read chunk by chunk, counting, before the app sees it, so a chunked or lying upload
@@ -25,8 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.auth import OPEN_PATHS, AuthConfig, KeyStore
-from serve.errors import error_body
+from serve.auth import OPEN_PATHS, AuthConfig, KeyStore, secret_of
+from serve.errors import APIError, error_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -78,8 +80,9 @@ class RateLimiter:
         self.clock = clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def retry_after(self, caller: str) -> int:
-        """0 if the caller may go ahead now, else whole seconds to wait (at least 1)."""
+    def retry_after(self, caller: str, rate: float | None = None) -> int:
+        """0 if the caller may go ahead now, else whole seconds to wait (at least 1); `rate`: the
+        caller's own requests per second (an API key's `rate_limit`) instead of the configured one."""
         now = self.clock()
         bucket = self._buckets.get(caller)
         if bucket is None:
@@ -89,28 +92,63 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(caller)
-        wait = bucket.take(self.config.requests_per_s, self.config.burst, now)
+        wait = bucket.take(rate or self.config.requests_per_s, self.config.burst, now)
         return 0 if wait <= 0 else max(1, math.ceil(wait))
 
 
 class Guard:
-    """The settings GuardMiddleware enforces for one gateway."""
+    """The settings GuardMiddleware enforces for one gateway.
 
-    def __init__(self, max_body_bytes: int, keys: KeyStore | None = None, limiter: RateLimiter | None = None) -> None:
+    `keys`: the bootstrap keys (env/file); `accounts`: the store's keys (and the bootstrap keys
+    through it). Auth is on when either is set.
+    """
+
+    def __init__(
+        self,
+        max_body_bytes: int,
+        keys: KeyStore | None = None,
+        limiter: RateLimiter | None = None,
+        accounts: Any = None,
+    ) -> None:
         self.max_body_bytes = max_body_bytes
         self.keys = keys
+        self.accounts = accounts
         self.limiter = limiter
+        self.auth = keys is not None or accounts is not None
         self.by_key = limiter is not None and (
-            limiter.config.key == "api_key" or (limiter.config.key == "auto" and keys is not None)
+            limiter.config.key == "api_key" or (limiter.config.key == "auto" and self.auth)
         )
-        if self.by_key and keys is None:
+        if self.by_key and not self.auth:
             raise ValueError("rate_limit.key is api_key but auth is off: turn auth on or use client_ip")
 
     @classmethod
-    def from_config(cls, max_body_bytes: int, auth: AuthConfig, rate_limit: RateLimitConfig) -> Guard:
-        keys = KeyStore.from_config(auth) if auth.enabled else None
+    def from_config(
+        cls, max_body_bytes: int, auth: AuthConfig, rate_limit: RateLimitConfig, accounts: Any = None
+    ) -> Guard:
+        keys = None
+        if auth.enabled:
+            try:
+                keys = KeyStore.from_config(auth)
+            except ValueError:
+                if accounts is None:  # without the store, auth needs bootstrap keys
+                    raise
         limiter = RateLimiter(rate_limit) if rate_limit.enabled else None
-        return cls(max_body_bytes, keys, limiter)
+        return cls(max_body_bytes, keys, limiter, accounts if auth.enabled else None)
+
+    async def caller(self, authorization: str | None) -> Any:
+        """The caller of a request (`serve.accounts.Caller`); APIError 401 (or 503) if there is none."""
+        from serve.accounts import Caller, unauthorized  # noqa: PLC0415  (the store is optional here)
+
+        secret = secret_of(authorization)
+        if secret is None:
+            raise unauthorized(_UNAUTHORIZED)
+        if self.keys is not None:
+            key_id = self.keys.match(secret)
+            if key_id is not None:
+                return Caller(key_id=key_id, admin=self.keys.is_admin(key_id))
+        if self.accounts is None:
+            raise unauthorized(_UNAUTHORIZED)
+        return await self.accounts.identify(secret)
 
 
 GuardSource = Guard | Callable[[], "Guard | None"]
@@ -134,24 +172,20 @@ class GuardMiddleware:
             return
         headers = _headers(scope)
         if route_path(scope) not in OPEN_PATHS:
-            key_id = None
-            if guard.keys is not None:
-                key_id = guard.keys.identify(headers.get("authorization"))
-                # the routes' caller context (serve/routers/common.py) reads it from here
-                scope.setdefault("state", {})["key_id"] = key_id
-                if key_id is None:
-                    await _refuse(
-                        send,
-                        401,
-                        _UNAUTHORIZED,
-                        "authentication_error",
-                        "invalid_api_key",
-                        {"www-authenticate": "Bearer"},
-                    )
+            key_id, rate = None, None
+            if guard.auth:
+                try:
+                    caller = await guard.caller(headers.get("authorization"))
+                except APIError as error:
+                    await _refuse(send, error.status, error.message, error.type, error.code, error.headers)
                     return
+                key_id, rate = caller.key_id, caller.rate_limit
+                # the routes' caller context (serve/routers/common.py) reads it from here
+                state = scope.setdefault("state", {})
+                state["key_id"], state["caller"] = key_id, caller
             if guard.limiter is not None:
-                caller = f"key:{key_id}" if guard.by_key else f"ip:{_client_ip(scope)}"
-                wait = guard.limiter.retry_after(caller)
+                bucket = f"key:{key_id}" if guard.by_key else f"ip:{_client_ip(scope)}"
+                wait = guard.limiter.retry_after(bucket, rate)
                 if wait:
                     await _refuse(
                         send,
@@ -182,7 +216,7 @@ class GuardMiddleware:
         await self.app(scope, _replay(messages, receive), send)
 
 
-_UNAUTHORIZED = "Missing or invalid API key: send it as 'Authorization: Bearer <key>'."
+_UNAUTHORIZED = "Missing or invalid API key: send it as 'Authorization: Bearer <key>' (or fal's 'Key <key>')."
 
 
 def _too_large(limit: int) -> str:

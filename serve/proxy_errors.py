@@ -5,7 +5,8 @@ Serve's proxy answers some requests without the gateway's code: when the ingress
 handling a request it sends nothing and its server answers a bare `500 Internal Server Error` in
 text; when it sheds or times out a request it answers in plain text. Clients of an OpenAI-style API
 parse `{"error": {...}}`, so this middleware rewrites any error response that is not JSON into the
-envelope (the gateway's own errors are always JSON and pass untouched).
+envelope (the gateway's own API errors are always JSON and pass untouched, and so do its web pages,
+e.g. the 404 page of an unknown model, which carry the `PAGE_HEADER`).
 
 The proxy drops a dead ingress replica from its routing at once and queues new requests until
 Serve's replacement is up. So when a request ends with no response at all (its replica died), the
@@ -34,6 +35,8 @@ logger = logging.getLogger("gigarouter.proxy")
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK_PATH = "serve.proxy_errors:middlewares"
 MAX_REPLAY_BYTES = 16 * 1024 * 1024
+# Set on the gateway's HTML pages (serve/routers/pages.py): an HTML error page is an answer, not a proxy failure.
+PAGE_HEADER = "x-gigarouter-page"
 # POSTs that only compute an answer: repeating one cannot change any state.
 IDEMPOTENT_POST = re.compile(r"(^|/)v1/(chat/completions|embeddings|classifications|scores|vision/[^/]+/[^/]+)$")
 
@@ -104,8 +107,10 @@ class EnvelopeErrors:
             nonlocal started, held, body
             if message["type"] == "http.response.start":
                 started = True
-                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
-                if message["status"] >= 400 and not content_type.startswith(b"application/json"):
+                headers = dict(message.get("headers") or [])
+                content_type = headers.get(b"content-type", b"")
+                page = PAGE_HEADER.encode() in headers
+                if message["status"] >= 400 and not content_type.startswith(b"application/json") and not page:
                     held = message
                     return
             elif message["type"] == "http.response.body" and held is not None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, get_args
 
 import numpy as np
 
-from families.base import ENDPOINT_PATHS, HTTP_TASK_NAMES, Task, check_task_input
+from families.base import ENDPOINT_PATHS, HTTP_TASK_NAMES, Task, TaskCategory, check_task_input
 from families.registry import family_of
+from serve.accounts import Accounts, store_unavailable
 from serve.annotate import annotate
 from serve.config import GatewayConfig, ModelSpec, slug
 from serve.context import CallerContext
@@ -25,13 +26,16 @@ from serve.contract import (
     EmbedTextsCall,
     EncodedImage,
     GenerateCall,
+    ModelCall,
+    ModelResult,
     Region,
     ScoreCall,
     Usage,
 )
 from serve.control import ControlPlane
-from serve.demand import DemandStore
 from serve.dispatch import Dispatcher
+from serve.metering import metered
+from serve.store import Store, StoreError
 from serve.errors import APIError, bad_request, model_not_found
 from serve.health import Readiness
 from serve.image_codec import decode_image
@@ -74,6 +78,28 @@ class Served(Generic[T]):
     cold: bool = False
 
 
+# The catalog page's filters, in this order.
+CATEGORIES: tuple[str, ...] = get_args(TaskCategory)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model as the web pages show it without asking Serve anything: its catalog entry and its tasks.
+
+    Live state, replicas and demand are not here: the pages read them from `GET /v1/models` with the
+    caller's key, so a page itself holds nothing that needs one.
+    """
+
+    spec: ModelSpec
+    tasks: tuple[Task, ...]
+
+    @property
+    def categories(self) -> list[str]:
+        """The task categories the model serves, in the catalog's order."""
+        served = {task.category for task in self.tasks}
+        return [category for category in CATEGORIES if category in served]
+
+
 def usage_body(usage: Usage) -> UsageBody:
     return UsageBody(
         prompt_tokens=usage.prompt_tokens,
@@ -92,14 +118,36 @@ class GatewayService:
         specs: list[ModelSpec],
         dispatcher: Dispatcher,
         control: ControlPlane,
-        demand: DemandStore,
+        store: Store,
+        accounts: Accounts | None = None,
     ) -> None:
         self.config = config
         self.specs = {spec.id: spec for spec in specs}
         self.by_name = {spec.deployment_name: spec for spec in specs}
         self.dispatcher = dispatcher
         self.control = control
-        self.demand = demand
+        self.store = store
+        self.accounts = accounts
+
+    def meter(self, context: CallerContext, spec: ModelSpec, endpoint: str, task: str | None, images: int):
+        """Admission and the usage row of one model call (`serve.metering.metered`)."""
+        return metered(self.accounts, context, spec, endpoint, task, images)
+
+    async def call(
+        self, spec: ModelSpec, call: ModelCall, context: CallerContext, endpoint: str
+    ) -> tuple[ModelResult, bool]:
+        """One metered model call: admitted for the caller's key, dispatched, its usage recorded."""
+        images = len(call.images) if hasattr(call, "images") else int(hasattr(call, "image"))
+        async with self.meter(context, spec, endpoint, getattr(call, "task", None), images) as meter:
+            result, cold = await self.dispatcher.call(spec, call, context)
+            meter.usage = result.usage
+        return result, cold
+
+    async def interest_counts(self) -> dict[str, int]:
+        try:
+            return await self.store.interest_counts()
+        except StoreError:
+            raise store_unavailable("the demand counts cannot be read") from None
 
     # ----- lookups -----
 
@@ -162,7 +210,7 @@ class GatewayService:
             num_beams=request.num_beams,
             param_names={"text": "messages", "max_new_tokens": tokens_param, "image": prompt.image_param},
         )
-        result, cold = await self.dispatcher.call(spec, call, context)
+        result, cold = await self.call(spec, call, context, "chat")
         completion = ChatCompletion(
             model=spec.id,
             choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
@@ -187,7 +235,7 @@ class GatewayService:
             if any(not text for text in inputs):
                 raise bad_request("input must not contain empty strings", param="input")
             call = EmbedTextsCall(texts=tuple(inputs), params=tuple(params))
-        result, cold = await self.dispatcher.call(spec, call, context)
+        result, cold = await self.call(spec, call, context, "embeddings")
         vectors = np.asarray(result.vectors, dtype=np.float32)
         data = [
             Embedding(index=i, embedding=encode_vector(vector, request.encoding_format))
@@ -208,7 +256,7 @@ class GatewayService:
             template=request.prompt_template,
             max_num_patches=request.max_num_patches,
         )
-        result, cold = await self.dispatcher.call(spec, call, context)
+        result, cold = await self.call(spec, call, context, "classifications")
         body = ClassificationResponse(
             model=spec.id,
             data=[LabelScore(label=label, score=score) for label, score in result.labels],
@@ -224,7 +272,7 @@ class GatewayService:
             raise bad_request(f"at most {self.config.max_labels} texts per request", param="texts")
         images = await self.images(request.images, [f"images[{i}]" for i in range(len(request.images))])
         call = ScoreCall(images=images, texts=tuple(request.texts), max_num_patches=request.max_num_patches)
-        result, cold = await self.dispatcher.call(spec, call, context)
+        result, cold = await self.call(spec, call, context, "scores")
         body = ScoreResponse(model=spec.id, data=result.scores, usage=usage_body(result.usage))
         return Served(body, result.usage, cold)
 
@@ -251,7 +299,7 @@ class GatewayService:
             num_beams=request.num_beams,
             param_names={"text": "text_input", "max_new_tokens": "max_tokens", "image": "image_url"},
         )
-        result, cold = await self.dispatcher.call(spec, call, context)
+        result, cold = await self.call(spec, call, context, "vision")
         drawn = None
         if request.include_image:
             # The only full decode in the gateway: drawing needs the pixels.
@@ -262,15 +310,19 @@ class GatewayService:
     # ----- the catalog -----
 
     async def list_models(self) -> ModelList:
-        demand = await self.demand.acounts()
+        demand = await self.interest_counts()
         return ModelList(data=[await self.card(spec, demand) for spec in self.specs.values()])
 
     async def get_model(self, model_id: str) -> ModelCard:
-        return await self.card(self.find(model_id), await self.demand.acounts())
+        return await self.card(self.find(model_id), await self.interest_counts())
 
     async def register_interest(self, model_id: str) -> InterestResponse:
         spec = self.find(model_id)
-        return InterestResponse(id=spec.id, demand=await self.demand.arecord(spec.id))
+        try:
+            count = await self.store.record_interest(spec.id)
+        except StoreError:
+            raise store_unavailable("the interest cannot be recorded") from None
+        return InterestResponse(id=spec.id, demand=count)
 
     async def card(self, spec: ModelSpec, demand: dict[str, int]) -> ModelCard:
         replicas, state, reason = await self.control.states.describe(spec.deployment_name)
@@ -290,6 +342,21 @@ class GatewayService:
             parameters=spec.parameters,
             demand=demand.get(spec.id, 0),
         )
+
+    # ----- the web pages -----
+
+    def catalog_entries(self) -> list[CatalogEntry]:
+        return [CatalogEntry(spec, family_of(spec.family).tasks) for spec in self.specs.values()]
+
+    def catalog_entry(self, name: str) -> CatalogEntry:
+        """A model by its id or deployment name, as the pages show it; 404 otherwise."""
+        spec = self.find(name)
+        return CatalogEntry(spec, family_of(spec.family).tasks)
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether API calls need a key (the pages then ask for one)."""
+        return self.config.auth.enabled
 
     async def readiness(self) -> Readiness:
         """Ready once every live model has a running replica; otherwise what each is waiting for."""

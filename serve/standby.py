@@ -37,7 +37,7 @@ import ray
 
 from deployments.preload import PRELOAD_MARKER  # torch-free: the marker every preloaded process carries
 from deployments.standby_slot import is_connected_worker, is_idle_worker
-from serve.demand import connect
+from serve.store import Store
 from serve.ray_compat import (
     SERVE_CONTROLLER_CLASS,
     Actor,
@@ -58,13 +58,6 @@ CHECK_S = 10.0
 LOCAL_RETRY_S = 60.0
 NODES_CACHE_S = 30.0
 PRESTART_TIMEOUT_S = 10.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS standby (
-    key TEXT PRIMARY KEY,
-    started_at REAL NOT NULL
-);
-"""
 
 
 def preloading(ray_actor_options: dict[str, Any], python: str = sys.executable) -> dict[str, Any]:
@@ -130,33 +123,20 @@ def env_key(serialized_env: str) -> str:
 
 
 class StandbyLedger:
-    """When a standby was last started per (runtime env, node), shared by every ingress replica.
+    """When a standby was last started per (runtime env, node), shared by every ingress replica
+    through the gateway's store: a claim is one atomic upsert, so of several ingress replicas that
+    decide at the same moment that a node needs a standby, exactly one starts it."""
 
-    A claim is one atomic upsert in the gateway's SQLite file, so of several ingress replicas
-    that decide at the same moment that a node needs a standby, exactly one starts it.
-    """
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with connect(self.path) as db:
-            db.executescript(SCHEMA)
-
-    def claim(self, key: str, now: float, started_before: float) -> bool:
+    async def claim(self, key: str, now: float, started_before: float) -> bool:
         """Record a start at `now` unless one was recorded at or after `started_before`; True if recorded."""
-        with connect(self.path) as db:
-            cursor = db.execute(
-                "INSERT INTO standby (key, started_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
-                " SET started_at = excluded.started_at WHERE standby.started_at < ?",
-                (key, now, started_before),
-            )
-            return cursor.rowcount == 1
+        return await self.store.claim_standby(key, now, started_before)
 
-    def last_start(self, key: str) -> float | None:
+    async def last_start(self, key: str) -> float | None:
         """When a standby was last started for `key`, if ever."""
-        with connect(self.path) as db:
-            row = db.execute("SELECT started_at FROM standby WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return await self.store.last_standby_start(key)
 
 
 @dataclass
@@ -299,8 +279,8 @@ class StandbyKeeper:
             due = max(group.replica_started_at.get(node.node_id, 0.0), now - LOCAL_RETRY_S)
         else:
             due = max(group.replica_started_at.get(node.node_id, 0.0), now - self.keep_alive_s)
-        last = await asyncio.to_thread(self.ledger.last_start, claim_key)
-        if not await asyncio.to_thread(self.ledger.claim, claim_key, now, due):
+        last = await self.ledger.last_start(claim_key)
+        if not await self.ledger.claim(claim_key, now, due):
             return False
         if node.node_id == self.local_node and last is not None and last > now - self.keep_alive_s:
             logger.warning(

@@ -142,6 +142,12 @@ UNAUTHORIZED = Answer(
     "Missing or invalid API key: send it as `Authorization: Bearer <key>` (invalid_api_key)", ("WWW-Authenticate",)
 )
 RATE_LIMITED = Answer("This caller's rate limit is reached (rate_limit_exceeded)", ("Retry-After",))
+QUOTA = Answer("The API key's budget is used up (insufficient_quota)")
+RATE_LIMITED_OR_QUOTA = Answer(
+    "This caller's rate limit is reached (rate_limit_exceeded), or the API key's budget is used up"
+    " (insufficient_quota)",
+    ("Retry-After",),
+)
 SERVER_ERROR = Answer("The server failed to handle the request (server_error)")
 MODEL_FAILED = Answer("The model failed to process the request, or the server failed to handle it (server_error)")
 UNAVAILABLE = Answer(
@@ -155,6 +161,10 @@ TIMEOUT = Answer(
     ("Retry-After",),
 )
 NOT_READY = Answer("Some live model has no running replica yet")
+NOT_ALLOWED = Answer("The API key may not use this model (model_not_allowed)")
+ADMIN_ONLY = Answer("Only an admin key may do this (admin_only)")
+UNKNOWN_KEY = Answer("No API key has this id (key_not_found)")
+DATABASE_DOWN = Answer("The gateway's database is unavailable (database_unavailable)", ("Retry-After",))
 
 _MODEL_CALL = {
     400: INVALID,
@@ -180,6 +190,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/scores"): Operation(_MODEL_CALL, calls_model=True),
     ("post", "/v1/vision/{model_name}/{task_name}"): Operation(
         {**_MODEL_CALL, 404: UNKNOWN_MODEL_OR_TASK}, calls_model=True
+    ),
+    ("get", "/v1/usage"): Operation({400: INVALID, 403: ADMIN_ONLY, 500: SERVER_ERROR, 503: DATABASE_DOWN}),
+    ("get", "/v1/admin/keys"): Operation({403: ADMIN_ONLY, 500: SERVER_ERROR, 503: DATABASE_DOWN}),
+    ("post", "/v1/admin/keys"): Operation({400: INVALID, 403: ADMIN_ONLY, 500: SERVER_ERROR, 503: DATABASE_DOWN}),
+    ("patch", "/v1/admin/keys/{key_id}"): Operation(
+        {400: INVALID, 403: ADMIN_ONLY, 404: UNKNOWN_KEY, 500: SERVER_ERROR, 503: DATABASE_DOWN}
+    ),
+    ("post", "/v1/admin/keys/{key_id}/revoke"): Operation(
+        {400: INVALID, 403: ADMIN_ONLY, 404: UNKNOWN_KEY, 500: SERVER_ERROR, 503: DATABASE_DOWN}
     ),
 }
 
@@ -211,8 +230,13 @@ def route_answers(method: str, path: str, operation: dict[str, Any], settings: A
     if path not in OPEN_PATHS:
         if settings.auth:
             answers[401] = UNAUTHORIZED
+            if known is not None and known.calls_model:
+                # a key's allowed models and budget (serve/accounts.py)
+                answers[403] = NOT_ALLOWED
+                answers[429] = QUOTA
         if settings.rate_limit:
-            answers[429] = RATE_LIMITED
+            quota = answers.get(429) is QUOTA
+            answers[429] = RATE_LIMITED_OR_QUOTA if quota else RATE_LIMITED
     return answers
 
 

@@ -5,7 +5,8 @@
 - `gateway.images.max_side` is 9000 instead of 10000, so a test sees the operator's limit applied in
   the model replicas too (tests/test_encoded_images.py).
 - `test/toy-colour` is a sixth family defined only in the test tree (tests/toy_family), named under
-  the app args' `families:` and served live with one small replica (tests/test_toy_family.py).
+  the app args' `families:` and served live with one small replica (tests/test_toy_family.py). Its
+  catalog card holds HTML markup that the web pages must escape (tests/test_pages.py).
 - `test/unplaceable` is an extra catalog entry whose replica asks for a GPU this machine does not
   have: its requests must time out cleanly (504) after its own short `cold_start_timeout_s`, and it
   uses the demand policy, so interest pre-warms it and it is released again when demand is gone.
@@ -23,6 +24,16 @@ OPERATOR_MAX_SIDE = 9000
 TOY_MODEL = "test/toy-colour"
 TOY_FAMILY_PATH = "tests.toy_family.descriptor:TOY"
 TEST_ONLY_MODELS = frozenset({UNPLACEABLE, TOY_MODEL})
+# Markup in the toy model's catalog metadata: the pages must show it as text (tests/test_pages.py).
+INJECTION = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 1"><b>bold</b>'
+TOY_CARD = {
+    "description": f"Mean colour. {INJECTION}",
+    "specs": {f"<i>key</i> {INJECTION}": f"value {INJECTION}"},
+    "benchmarks": [
+        {"benchmark": f"bench {INJECTION}", "metric": "<u>metric</u>", "value": 1.5, "source": f"source {INJECTION}"}
+    ],
+    "links": [{"title": f"link {INJECTION}", "url": "https://example.com/toy"}],
+}
 UNPLACEABLE_TIMEOUT_S = 3
 UNPLACEABLE_PREWARM = 2
 # The keeper checks every second (10 s by default) and an extra standby leaves after 3 s (30 s).
@@ -54,6 +65,7 @@ def apply_elastic_overrides(args: dict[str, Any]) -> None:
             "source": "siglip2",
             "family": "toy-colour",
             "owned_by": "test",
+            "card": TOY_CARD,
             "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
         }
     )

@@ -1,9 +1,10 @@
 """The demand-aware autoscaling policy, called directly with real Serve `AutoscalingContext` objects
-and real demand counts in SQLite, and loaded the way the Serve controller loads it."""
+and real demand counts in the gateway's store (SQLite here), and loaded the way the Serve controller loads it."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 from ray.serve._private.common import DeploymentID, ReplicaID
@@ -11,7 +12,8 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from serve.autoscaling import DemandAwarePolicy
 from serve.config import DEMAND_POLICY_PATH, ModelSpec
-from serve.demand import DemandStore
+from serve.store import Store
+from serve.store.blocking import BlockingStore
 
 MODEL = "microsoft/Florence-2-base"
 DEPLOYMENT = DeploymentID(name="florence-2-base", app_name="gigarouter")
@@ -42,13 +44,26 @@ def context(
     )
 
 
+class Demand:
+    """Interest signals written to a migrated store, as the ingress writes them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store = BlockingStore(url)
+        self._store.call(Store.migrate, timeout_s=30)
+
+    def record(self, model: str, at: float | None = None) -> int:
+        when = datetime.fromtimestamp(at, UTC) if at is not None else None
+        return self._store.call(lambda store: store.record_interest(model, at=when))
+
+
 @pytest.fixture
-def store(tmp_path) -> DemandStore:
-    return DemandStore(tmp_path / "demand.sqlite3")
+def store(tmp_path) -> Demand:
+    return Demand(f"sqlite+aiosqlite:///{tmp_path / 'gigarouter.sqlite3'}")
 
 
-def policy(store: DemandStore, **settings) -> DemandAwarePolicy:
-    return DemandAwarePolicy(MODEL, str(store.path), **{"interest_window_s": 600, "refresh_s": 0, **settings})
+def policy(store: Demand, **settings) -> DemandAwarePolicy:
+    return DemandAwarePolicy(MODEL, store.url, **{"interest_window_s": 600, "refresh_s": 0, **settings})
 
 
 def test_first_queued_request_wakes_a_cold_model(store):
@@ -110,11 +125,10 @@ def test_counts_are_cached_between_refreshes(store):
 
 
 def test_a_missing_or_broken_store_means_no_demand(tmp_path):
-    missing = DemandAwarePolicy(MODEL, str(tmp_path / "nothing.sqlite3"), prewarm_interest=1, refresh_s=0)
+    missing = DemandAwarePolicy(MODEL, f"sqlite+aiosqlite:///{tmp_path / 'nothing.sqlite3'}", prewarm_interest=1, refresh_s=0)
     assert missing(context(running=0))[0] == 0
-    assert not (tmp_path / "nothing.sqlite3").exists()  # the policy never creates the store
     (tmp_path / "garbage.sqlite3").write_bytes(b"not a database" * 100)
-    broken = DemandAwarePolicy(MODEL, str(tmp_path / "garbage.sqlite3"), prewarm_interest=1, refresh_s=0)
+    broken = DemandAwarePolicy(MODEL, f"sqlite+aiosqlite:///{tmp_path / 'garbage.sqlite3'}", prewarm_interest=1, refresh_s=0)
     assert broken(context(running=0, requests=1))[0] == 1
     assert DemandAwarePolicy(MODEL, None, prewarm_interest=1)(context(running=0))[0] == 0
 
@@ -129,7 +143,7 @@ def test_catalog_entry_wires_the_policy_through_serve_config(store):
             "demand_policy": {"prewarm_interest": 1, "keep_warm_interest": 1, "refresh_s": 0},
         }
     )
-    options = spec.serve_options(demand_db=str(store.path))
+    options = spec.serve_options(demand_db=store.url)
     config = AutoscalingConfig(**options["autoscaling_config"])  # as Serve validates deployment options
     assert config.policy.policy_function == DEMAND_POLICY_PATH
     assert config.policy.policy_kwargs["model_id"] == MODEL

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from serve.proxy_errors import EnvelopeErrors, middlewares, replayable
+from serve.proxy_errors import PAGE_HEADER, EnvelopeErrors, middlewares, replayable
 
 
 def run(app, scope: dict, body: bytes = b"") -> tuple[int, dict, bytes]:
@@ -58,6 +58,20 @@ def test_json_errors_and_successes_pass_untouched():
 
     assert run(EnvelopeErrors(app), http_scope())[2] == b'{"error": {"message": "m", "type": "t", "param": null, "code": null}}'
     assert run(EnvelopeErrors(text_error(200, b"ok")), http_scope())[2] == b"ok"
+
+
+def test_the_gateways_html_pages_pass_untouched_even_as_errors():
+    page = b"<!doctype html><h1>Model not found</h1>"
+
+    async def app(scope, receive, send):
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (PAGE_HEADER.encode(), b"1")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": page})
+
+    status, headers, body = run(EnvelopeErrors(app), http_scope("GET", "/models/nope"))
+    assert (status, headers[b"content-type"], body) == (404, b"text/html; charset=utf-8", page)
+    # HTML without the marker is not the gateway's: it becomes the envelope
+    assert json.loads(run(EnvelopeErrors(text_error(502, b"<html>bad gateway</html>")), http_scope())[2])["error"]
 
 
 class DiesOnce:

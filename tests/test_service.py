@@ -11,7 +11,7 @@ from ray import serve
 from serve.config import AppArgs
 from serve.context import CallerContext
 from serve.control import ControlPlane
-from serve.demand import DemandStore
+from serve.store import Store
 from serve.dispatch import Dispatcher
 from serve.protocol import (
     ChatCompletionRequest,
@@ -34,8 +34,9 @@ def service(gateway, checkpoints, tmp_path_factory) -> GatewayService:
     parsed = AppArgs.model_validate(args)
     handles = {spec.id: serve.get_deployment_handle(spec.deployment_name, app_name=APP_NAME) for spec in parsed.models}
     control = ControlPlane(APP_NAME, parsed.gateway.status_cache_s)
-    demand = DemandStore(str(tmp_path_factory.mktemp("service") / "demand.sqlite3"))
-    return GatewayService(parsed.gateway, parsed.models, Dispatcher(parsed.gateway, handles, control), control, demand)
+    store = Store(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('service') / 'gigarouter.sqlite3'}")
+    asyncio.run(store.migrate())
+    return GatewayService(parsed.gateway, parsed.models, Dispatcher(parsed.gateway, handles, control), control, store)
 
 
 def without_ids(body: dict) -> dict:

@@ -5,6 +5,8 @@ process) is in tests/test_elastic.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve.config import ModelSpec
+from serve.store import Store
 from serve.standby import PRELOAD_MARKER, PRELOAD_MODULE, StandbyLedger, fits, marker_of, preloading
 
 
@@ -78,19 +81,32 @@ def test_a_standby_goes_only_where_the_replica_could_run():
 
 
 def test_a_standby_is_claimed_once_until_it_is_due_again(tmp_path):
-    ledger = StandbyLedger(tmp_path / "state.sqlite3")
-    assert ledger.claim("env@node", now=100.0, started_before=0.0)
-    assert not ledger.claim("env@node", now=105.0, started_before=50.0), "started at 100, not due before then"
-    assert ledger.claim("env@other-node", now=105.0, started_before=50.0), "each node has its own"
-    assert ledger.claim("env@node", now=200.0, started_before=150.0), "due again (renewal, or the model woke)"
-    assert not StandbyLedger(tmp_path / "state.sqlite3").claim("env@node", now=201.0, started_before=150.0)
-    assert ledger.last_start("env@node") == 200.0 and ledger.last_start("env@nowhere") is None
+    async def scenario():
+        url = f"sqlite+aiosqlite:///{tmp_path / 'state.sqlite3'}"
+        async with Store(url) as store, Store(url) as other:
+            await store.migrate()
+            ledger = StandbyLedger(store)
+            assert await ledger.claim("env@node", now=100.0, started_before=0.0)
+            assert not await ledger.claim("env@node", now=105.0, started_before=50.0), "started at 100, not due"
+            assert await ledger.claim("env@other-node", now=105.0, started_before=50.0), "each node has its own"
+            assert await ledger.claim("env@node", now=200.0, started_before=150.0), "due again (renewal, or woke)"
+            assert not await StandbyLedger(other).claim("env@node", now=201.0, started_before=150.0)
+            assert await ledger.last_start("env@node") == 200.0 and await ledger.last_start("env@nowhere") is None
+
+    asyncio.run(scenario())
 
 
 def test_of_many_ingress_replicas_claiming_at_once_exactly_one_wins(tmp_path):
-    path = tmp_path / "state.sqlite3"
-    ledgers = [StandbyLedger(path) for _ in range(4)]
-    claims = [(ledgers[i % 4], 1000.0 + i) for i in range(16)]
-    with ThreadPoolExecutor(8) as pool:
-        wins = list(pool.map(lambda claim: claim[0].claim("env@node", now=claim[1], started_before=500.0), claims))
-    assert sum(wins) == 1
+    async def scenario():
+        url = f"sqlite+aiosqlite:///{tmp_path / 'state.sqlite3'}"
+        stores = [Store(url) for _ in range(4)]
+        await stores[0].migrate()
+        ledgers = [StandbyLedger(store) for store in stores]
+        wins = await asyncio.gather(
+            *(ledgers[i % 4].claim("env@node", now=1000.0 + i, started_before=500.0) for i in range(16))
+        )
+        for store in stores:
+            await store.close()
+        return wins
+
+    assert sum(asyncio.run(scenario())) == 1

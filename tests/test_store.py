@@ -38,7 +38,7 @@ from serve.store.schema import api_keys, metadata
 from tests.helpers import ROOT
 from tests.postgres import PostgresServer, free_port
 
-TABLES = {"api_keys", "usage", "interest", "standby_claims"}
+TABLES = {"api_keys", "usage", "interest", "standby_claims", "jobs"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -12,6 +12,10 @@ nothing else.
         stack.wait_ready()
         httpx.get(f"{stack.url}/v1/models")
 
+With `tls=TLSFiles(...)` (tools/selfsigned.py) Serve's proxy speaks https only, with that certificate
+(Serve's `http_options.ssl_certfile`/`ssl_keyfile`); `url` is then https and this process's own calls
+(`wait_ready`) trust the files' CA.
+
 The environment is set in this process before Ray starts (`prepare_env`) because Ray's processes
 inherit it from here: Serve's HTTP proxy reads its middleware from it (serve/proxy_errors.py), Ray
 binds to 127.0.0.1 only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and idle standby workers read
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +37,7 @@ import httpx
 
 from deployments.standby_slot import GRACE_ENV
 from serve.proxy_errors import CALLBACK_ENV, CALLBACK_PATH
+from tools.selfsigned import TLSFiles
 
 logger = logging.getLogger("tools.launcher")
 
@@ -68,6 +74,7 @@ class LocalStack:
     `num_cpus`: the CPUs this Ray schedules on. `worker_env`: extra environment of every Ray worker
     (on top of `WORKER_ENV`). `standby_grace_s`: how long an extra idle standby worker stays (the
     default is 30 s). `log_to_driver`: whether the workers' output is printed by this process.
+    `tls`: serve https with this certificate and key instead of http.
     """
 
     def __init__(
@@ -77,13 +84,18 @@ class LocalStack:
         worker_env: Mapping[str, str] | None = None,
         standby_grace_s: float | None = None,
         log_to_driver: bool = True,
+        tls: TLSFiles | None = None,
     ) -> None:
         import ray
         from ray import serve
 
         prepare_env(standby_grace_s)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=tls.cafile) if tls else True
+        http_options: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        if tls is not None:
+            http_options.update(ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile)
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -93,7 +105,7 @@ class LocalStack:
             runtime_env={"env_vars": {**WORKER_ENV, **(worker_env or {})}},
         )
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+            serve.start(http_options=http_options)
         except BaseException:
             ray.shutdown()
             raise
@@ -116,7 +128,7 @@ class LocalStack:
         url = f"{self.url}{route_prefix.rstrip('/')}/health/ready"
         started = time.monotonic()
         # No proxies from the environment: straight to 127.0.0.1.
-        with httpx.Client(timeout=30, trust_env=False) as http:
+        with httpx.Client(timeout=30, trust_env=False, verify=self.verify) as http:
             while time.monotonic() - started < timeout_s:
                 try:
                     if http.get(url).status_code == 200:

@@ -25,7 +25,7 @@ def caller(request: Request) -> CallerContext:
     """The caller's context: its API key id (from the auth middleware) and the request's id."""
     state = request.scope.get("state") or {}
     request_id = request.headers.get("x-request-id") or new_request_id()
-    return CallerContext(request_id=request_id, key_id=state.get(KEY_ID_STATE))
+    return CallerContext(request_id=request_id, key_id=state.get(KEY_ID_STATE), caller=state.get("caller"))
 
 
 def headers_of(served: Served[Any]) -> dict[str, str]:

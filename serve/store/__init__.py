@@ -6,6 +6,7 @@ One database behind SQLAlchemy 2 (async) and Alembic migrations: SQLite by defau
 
 - `Store` (store.py): the typed interface; `UsageBuffer` (buffer.py): batched usage writes.
 - `migrate.py` + `migrations/`: the schema's revisions; `python -m serve.store upgrade --url URL`.
+- `jobs.py`: the fal queue's jobs (leases, cancel, retries, expiry, webhook deliveries).
 - `schema.py`: the tables; `records.py`: the records the interface returns.
 """
 
@@ -19,6 +20,7 @@ from serve.store.engine import (
     StoreUnavailable,
     default_url,
 )
+from serve.store.jobs import JobRecord, log_line
 from serve.store.records import KeyRecord, UsageRow, UsageTotal, budget_exhausted, cost_usd, hash_secret
 from serve.store.store import UNSET, Store, UnknownKey
 
@@ -26,6 +28,7 @@ __all__ = [
     "DATABASE_URL_ENV",
     "DEFAULT_DATABASE_URL",
     "UNSET",
+    "JobRecord",
     "KeyRecord",
     "SchemaBehind",
     "SchemaTooNew",
@@ -40,4 +43,5 @@ __all__ = [
     "cost_usd",
     "default_url",
     "hash_secret",
+    "log_line",
 ]

@@ -58,6 +58,8 @@ class KeyRecord:
     revoked_reason: str | None
     created_at: datetime
     updated_at: datetime
+    # the hash of the secret (never the secret): lets an ingress cache keys by what callers present
+    secret_hash: str = field(default="", repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
@@ -75,6 +77,7 @@ class KeyRecord:
             revoked_reason=row.revoked_reason,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            secret_hash=getattr(row, "secret_hash", ""),
         )
 
     def refusal(self, now: datetime | None = None) -> str | None:
@@ -94,6 +97,7 @@ class KeyRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("secret_hash", None)
         for name in ("expires_at", "revoked_at", "created_at", "updated_at"):
             data[name] = data[name].isoformat() if data[name] else None
         return data

@@ -121,3 +121,41 @@ standby_claims = sa.Table(
     sa.Column("key", sa.String(500), primary_key=True),  # runtime env + node
     sa.Column("started_at", sa.Double, nullable=False),  # epoch seconds, as serve.standby passes them
 )
+
+JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED")
+WEBHOOK_STATES = ("PENDING", "DELIVERED", "FAILED")
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    # FIFO order: `seq` increments on both backends (INTEGER PRIMARY KEY on SQLite), ids are UUIDs
+    sa.Column("seq", surrogate_id(), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),  # the request id clients see
+    sa.Column("app_id", sa.String(300), nullable=False),  # as submitted, e.g. fal-ai/florence-2-large/caption
+    sa.Column("model", sa.String(200), nullable=False),  # the deployment name
+    sa.Column("task", sa.String(100), nullable=False),  # the task endpoint name
+    sa.Column("key_id", sa.String(64), nullable=True),  # NULL: auth off
+    sa.Column("status", sa.String(16), nullable=False),  # JOB_STATUSES
+    sa.Column("request", sa.JSON, nullable=True),  # the body; NULL once the job ended (not needed again)
+    sa.Column("result", sa.JSON, nullable=True),  # COMPLETED: the response body
+    sa.Column("error", sa.JSON, nullable=True),  # FAILED/CANCELLED: {"status", "body", "message", "error_type"}
+    sa.Column("logs", sa.JSON, nullable=False),  # [{"message", "level", "timestamp"}]
+    sa.Column("inference_time", sa.Double, nullable=True),  # seconds
+    sa.Column("webhook_url", sa.String(2048), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("lease_owner", sa.String(200), nullable=True),  # the runner holding it while IN_PROGRESS
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # times leased to a runner
+    sa.Column("result_expires_at", UTCDateTime, nullable=True),  # kept until then, answered 410 after
+    sa.Column("expired", sa.Boolean, nullable=False, server_default=sa.false()),  # bodies purged
+    sa.Column("webhook_state", sa.String(16), nullable=True),  # WEBHOOK_STATES; NULL: no webhook (yet)
+    sa.Column("webhook_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("webhook_next_at", UTCDateTime, nullable=True),  # next try; also a delivery's lease
+    sa.Column("webhook_error", sa.String(500), nullable=True),  # why the last try failed
+    sa.Index("jobs_status_model_seq", "status", "model", "seq"),
+    sa.Index("jobs_status_lease", "status", "lease_expires_at"),
+    sa.Index("jobs_webhook_due", "webhook_state", "webhook_next_at"),
+    sa.Index("jobs_result_expires", "result_expires_at"),
+)

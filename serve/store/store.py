@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from serve.store import migrate as migrations
 from serve.store.engine import StoreError, default_url, make_engine, redacted, transaction
+from serve.store.jobs import JobStore
 from serve.store.records import (
     GroupBy,
     KeyRecord,
@@ -84,8 +85,9 @@ def _within(query: sa.Select[Any], window_s: float | None, now: datetime | None)
     return query
 
 
-class Store:
-    """The gateway's database (keys, usage, demand, standby claims); see the module docstring."""
+class Store(JobStore):
+    """The gateway's database (keys, usage, demand, standby claims, fal queue jobs: `serve.store.jobs`);
+    see the module docstring."""
 
     def __init__(
         self, url: str | URL | None = None, *, connect_timeout_s: float = 5.0, sqlite_busy_timeout_s: float = 10.0
