@@ -27,6 +27,15 @@ _MIN_KEY_CHARS = 16
 
 # Paths anyone may call without a key: liveness and the API description.
 OPEN_PATHS = frozenset({"/health", "/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# The web pages and their files (serve/routers/pages.py): they hold only the catalog's public
+# config; live state, demand and the playground's calls go through the API with the user's key.
+OPEN_PAGES = frozenset({"/"})
+OPEN_PAGE_PREFIXES = ("/models/", "/static/")
+
+
+def is_open(path: str) -> bool:
+    """Whether a path (without the route prefix) needs no key and is not rate limited."""
+    return path in OPEN_PATHS or path in OPEN_PAGES or path.startswith(OPEN_PAGE_PREFIXES)
 
 
 class AuthConfig(BaseModel):

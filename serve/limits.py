@@ -11,7 +11,8 @@ checks, in this order, before any route code or body parsing runs:
    body is read chunk by chunk, counting, before the app sees it, so a chunked or lying upload
    is cut off as soon as it passes the cap (413).
 
-`OPEN_PATHS` (/health, /health/ready, /docs, /openapi.json) need no key and are not rate limited.
+Open paths (`serve.auth.is_open`: /health, /health/ready, /docs, /openapi.json and the web pages) need
+no key and are not rate limited.
 Every refusal is the OpenAI error envelope. The app is JSON-only, so reading the (capped) body
 here costs no more memory than FastAPI's own `request.body()` that follows.
 """
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.auth import OPEN_PATHS, AuthConfig, KeyStore, secret_of
+from serve.auth import AuthConfig, KeyStore, is_open, secret_of
 from serve.errors import APIError, error_body
 
 Scope = dict[str, Any]
@@ -171,7 +172,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        if route_path(scope) not in OPEN_PATHS:
+        if not is_open(route_path(scope)):
             key_id, rate = None, None
             if guard.auth:
                 try:

@@ -18,7 +18,7 @@ from families.base import ENDPOINT_PATHS, HTTP_TASK_NAMES, Task, TaskCategory, c
 from families.registry import family_of
 from serve.accounts import Accounts, store_unavailable
 from serve.annotate import annotate
-from serve.config import GatewayConfig, ModelSpec, slug
+from serve.config import GatewayConfig, ModelSpec
 from serve.context import CallerContext
 from serve.contract import (
     ClassifyCall,
@@ -124,6 +124,10 @@ class GatewayService:
         self.config = config
         self.specs = {spec.id: spec for spec in specs}
         self.by_name = {spec.deployment_name: spec for spec in specs}
+        self.by_lower = {
+            **{spec.deployment_name.lower(): spec for spec in specs},
+            **{spec.id.lower(): spec for spec in specs},
+        }
         self.dispatcher = dispatcher
         self.control = control
         self.store = store
@@ -153,7 +157,8 @@ class GatewayService:
 
     def find(self, name: str) -> ModelSpec:
         """A model by its id (`microsoft/Florence-2-large`) or its deployment name (`florence-2-large`); 404 otherwise."""
-        spec = self.specs.get(name) or self.by_name.get(name) or self.by_name.get(slug(name))
+        # exact id, deployment name, or either in another letter case; never a partial path
+        spec = self.specs.get(name) or self.by_name.get(name) or self.by_lower.get(name.lower())
         if spec is None:
             raise model_not_found(name)
         return spec

@@ -619,3 +619,12 @@ def test_kosmos_entities_are_highlighted_in_the_caption_and_boxed(page, gateway,
     page.js("document.getElementById('playground').scrollIntoView()")
     page.shot("entities")
     page.check_logs()
+
+
+def test_with_auth_on_the_pages_need_no_key_but_the_api_does(guarded):
+    """The guarded gateway has keys on: its pages open without one (they hold only public catalog
+    config), its API does not (the playground sends the user's key)."""
+    for path in ("/", "/models/google/siglip2-base-patch16-naflex", "/static/style.css"):
+        response = httpx.get(f"{guarded.url}{path}", timeout=30)
+        assert response.status_code == 200, (path, response.text[:200])
+    assert httpx.get(f"{guarded.url}/v1/models", timeout=30).status_code == 401

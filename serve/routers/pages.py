@@ -27,8 +27,6 @@ WEB = Path(__file__).resolve().parent.parent / "web"
 
 # Paths of the pages and their files: they hold the configuration's public catalog only, so an auth
 # middleware may leave them open (the API calls they make carry the caller's key).
-PAGE_PATHS = frozenset({"/"})
-PAGE_PREFIXES = ("/models/", "/static/")
 
 # Images may come from anywhere the user points the playground at (their own URL); everything else
 # from this gateway only.
@@ -76,11 +74,6 @@ templates = Environment(
 )
 
 router = APIRouter(include_in_schema=False)
-
-
-def is_page_path(path: str) -> bool:
-    """Whether `path` (without the route prefix) is a page or a page's file."""
-    return path in PAGE_PATHS or path.startswith(PAGE_PREFIXES)
 
 
 def html(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
