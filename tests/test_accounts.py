@@ -168,7 +168,9 @@ def test_a_revoked_key_is_refused_by_every_replica_within_seconds(metered):
     )
     assert revoked.status_code == 200 and revoked.json()["revoked_reason"] == "leaked"
     assert eventually(lambda: run(metered, key["secret"]).status_code == 401, timeout_s=10)
-    # thirty more requests spread over both ingress replicas by Serve's proxy: all refused, with the reason
+    # one replica refused it; each re-reads the keys every keys_refresh_s (1 s here): after two
+    # periods, thirty requests spread over both replicas by Serve's proxy are all refused, with the reason
+    time.sleep(2.0)
     responses = [run(metered, key["secret"]) for _ in range(30)]
     assert {r.status_code for r in responses} == {401}
     assert all("revoked: leaked" in r.json()["error"]["message"] for r in responses)
@@ -196,6 +198,7 @@ def test_the_database_going_away_gives_503s_and_loses_no_usage(metered, database
     server, url = database
     key = create_key(metered, name="through the outage")
     assert run(metered, key["secret"]).status_code == 200
+    time.sleep(2.5)  # both ingress replicas have re-read the keys (every 1 s here): each knows this one
     server.stop()
     try:
         # inference goes on for known keys (cached) and bootstrap keys; their usage waits in the buffers
