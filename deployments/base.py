@@ -33,7 +33,7 @@ from deployments.batching import Coalescer, run_groups, scatter, work_of
 from deployments.metrics import ModelMetrics
 from deployments.preload import PRELOADED_AT_ENV
 from deployments.text_limits import TextLimits
-from families.base import HANDLE_NAMES, Family, InputNames, Task
+from families.base import HANDLE_NAMES, Family, InputNames, Task, check_task_input
 from families.registry import register
 from serve.config import BatchConfig, ModelSpec
 from serve.contract import (
@@ -63,6 +63,18 @@ class Picture:
 
     image: Image.Image
     size: tuple[int, int]
+
+
+@dataclass
+class GenerationRequest:
+    """A checked generate call (see `VisionModel.generation_request`)."""
+
+    task: Task
+    names: InputNames
+    text: str
+    max_new_tokens: int
+    num_beams: int
+    picture: Picture
 
 
 @dataclass
@@ -285,6 +297,19 @@ class VisionModel(TextLimits):
         if task is None:
             raise bad_request(f"unknown {self.descriptor.name} task '{name}'", param="task")
         return task
+
+    async def generation_request(self, call: ModelCall) -> GenerationRequest:
+        """What every generative family checks first: a generate call, a task of this family with
+        the inputs it takes, the generation settings within their caps, and the decoded picture."""
+        if not isinstance(call, GenerateCall):
+            raise self.unsupported(call)
+        task = self.task(call.task)
+        names = self.input_names(call)
+        text = (call.text or "").strip()
+        check_task_input(self.descriptor, task, text, call.region is not None, names)
+        tokens, beams = self.generation_settings(call.max_new_tokens, call.num_beams)
+        picture = await self.picture(call.image, call.param_names.get("image", "image"))
+        return GenerationRequest(task, names, text, tokens, beams, picture)
 
     @staticmethod
     def input_names(call: GenerateCall) -> InputNames:

@@ -12,9 +12,9 @@ from typing import Any
 from transformers import AutoModelForImageTextToText
 
 from deployments.base import Picture, VisionModel
-from families.base import Task, check_task_input
+from families.base import Task
 from families.florence2 import FLORENCE2
-from serve.contract import GenerateCall, Generation, ModelCall, Region, Usage
+from serve.contract import Generation, ModelCall, Region, Usage
 from serve.errors import bad_request
 from serve.protocol import checked_region
 
@@ -45,19 +45,12 @@ class Florence2(VisionModel):
     async def accept(self, call: ModelCall) -> Florence2Item:
         """One task on one image. The prompt (image tokens, task prompt and text) must fit the
         encoder's positions and `max_new_tokens` the decoder's, else 400 naming the caller's field."""
-        if not isinstance(call, GenerateCall):
-            raise self.unsupported(call)
-        task = self.task(call.task)
-        names = self.input_names(call)
-        text = (call.text or "").strip()
-        check_task_input(self.descriptor, task, text, call.region is not None, names)
-        tokens, beams = self.generation_settings(call.max_new_tokens, call.num_beams)
-        picture = await self.picture(call.image, call.param_names.get("image", "image"))
-        task_input = self._task_input(task, text, call.region, picture.size, names.region)
-        prompt = task.prompt + task_input
+        r = await self.generation_request(call)
+        task_input = self._task_input(r.task, r.text, call.region, r.picture.size, r.names.region)
+        prompt = r.task.prompt + task_input
         # Off the event loop: a long text takes a while to tokenize.
-        await asyncio.to_thread(self._check_prompt, prompt, task_input, tokens, call.param_names)
-        return Florence2Item(picture, task, prompt, tokens, beams)
+        await asyncio.to_thread(self._check_prompt, prompt, task_input, r.max_new_tokens, call.param_names)
+        return Florence2Item(r.picture, r.task, prompt, r.max_new_tokens, r.num_beams)
 
     def _check_prompt(self, prompt: str, text: str, max_new_tokens: int, names: dict[str, str] | None) -> None:
         prompt_tokens = self.image_tokens + self.text_tokens(prompt)

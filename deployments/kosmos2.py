@@ -10,9 +10,8 @@ from typing import Any
 from transformers import AutoModelForImageTextToText
 
 from deployments.base import Picture, VisionModel
-from families.base import check_task_input
 from families.kosmos2 import DEFAULT_CAPTION_PROMPT, KOSMOS2
-from serve.contract import GenerateCall, Generation, ModelCall, Region, Usage
+from serve.contract import Generation, ModelCall, Region, Usage
 from serve.errors import bad_request
 from serve.protocol import checked_region
 
@@ -47,18 +46,11 @@ class Kosmos2(VisionModel):
         Image tokens, prompt and `max_new_tokens` share the text model's positions: more is a 400
         naming the caller's field (see `VisionModel.check_context`).
         """
-        if not isinstance(call, GenerateCall):
-            raise self.unsupported(call)
-        task = self.task(call.task)
-        names = self.input_names(call)
-        text = (call.text or "").strip()
-        check_task_input(self.descriptor, task, text, call.region is not None, names)
-        tokens, beams = self.generation_settings(call.max_new_tokens, call.num_beams)
-        picture = await self.picture(call.image, call.param_names.get("image", "image"))
-        prompt, box = build_prompt(task.name, text, call.region, picture.size, names.region)
+        r = await self.generation_request(call)
+        prompt, box = build_prompt(r.task.name, r.text, call.region, r.picture.size, r.names.region)
         # Off the event loop: a long text takes a while to tokenize.
-        await asyncio.to_thread(self._check_prompt, prompt, box, text, tokens, call.param_names)
-        return Kosmos2Item(picture, task.name, prompt, box, tokens, beams)
+        await asyncio.to_thread(self._check_prompt, prompt, box, r.text, r.max_new_tokens, call.param_names)
+        return Kosmos2Item(r.picture, r.task.name, prompt, box, r.max_new_tokens, r.num_beams)
 
     def _check_prompt(
         self, prompt: str, box: Box | None, text: str, max_new_tokens: int, names: dict[str, str] | None
