@@ -38,7 +38,11 @@ MAX_REPLAY_BYTES = 16 * 1024 * 1024
 # Set on the gateway's HTML pages (serve/routers/pages.py): an HTML error page is an answer, not a proxy failure.
 PAGE_HEADER = "x-gigarouter-page"
 # POSTs that only compute an answer: repeating one cannot change any state.
-IDEMPOTENT_POST = re.compile(r"(^|/)v1/(chat/completions|embeddings|classifications|scores|vision/[^/]+/[^/]+)$")
+# (fal's synchronous runs too; its queue submits are not: a replay would queue the job twice)
+IDEMPOTENT_POST = re.compile(
+    r"(^|/)(v1/(chat/completions|embeddings|classifications|scores|vision/[^/]+/[^/]+)"
+    r"|fal/(?!queue/)[^/]+/[^/]+/[^/]+)$"
+)
 
 _KINDS = {
     408: ("timeout_error", "request_timeout", "The request timed out in the gateway's proxy."),

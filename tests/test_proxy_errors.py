@@ -113,6 +113,9 @@ def test_a_request_that_is_not_safe_to_repeat_gets_the_envelope_instead():
         ("POST", "/v1/chat/completions", True),
         ("POST", "/prefix/v1/vision/florence-2-large/caption", True),
         ("POST", "/v1/models/a/b/interest", False),
+        ("POST", "/fal/fal-ai/florence-2-large/object-detection", True),
+        ("POST", "/fal/queue/fal-ai/florence-2-large/object-detection", False),
+        ("PUT", "/fal/queue/fal-ai/florence-2-large/requests/abc/cancel", False),
         ("DELETE", "/v1/embeddings", False),
     ],
 )
