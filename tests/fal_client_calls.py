@@ -111,7 +111,8 @@ def queue_call(item: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any
     if kind == "subscribe_async":
 
         async def subscribe() -> Any:
-            return await fal_client.subscribe_async(
+            # a client per event loop: the module's default async client is bound to the first one
+            return await fal_client.AsyncClient().subscribe(
                 app, arguments=arguments, with_logs=True, interval=0.05,
                 on_queue_update=lambda s: updates.append(status_json(s)),
             )  # fmt: skip
@@ -120,7 +121,7 @@ def queue_call(item: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any
     if kind == "submit_async":
 
         async def submit_and_get() -> tuple[str, Any]:
-            handle = await fal_client.submit_async(app, arguments=arguments)
+            handle = await fal_client.AsyncClient().submit(app, arguments=arguments)
             return handle.request_id, await handle.get()
 
         request_id, result = asyncio.run(submit_and_get())

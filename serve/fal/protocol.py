@@ -29,7 +29,7 @@ reached: `FAL_RUN_HOST=gateway:8443/fal`, `FAL_QUEUE_RUN_HOST=gateway:8443/fal/q
   404 for an unknown id (`CancelAnswer`). `fal_client.cancel` raises on anything but 2xx.
 - webhook: `?fal_webhook=<url>` on submit; when the request ends fal POSTs `WebhookPayload` to it
   (retried 10 times over 2 hours) and signs it (`X-Fal-Webhook-Signature`, ED25519 keys published
-  as a JWKS); the gateway will sign with its own configured secret instead.
+  as a JWKS); the gateway signs with its own configured secret instead (serve/fal/webhooks.py).
 
 **Auth.** `Authorization: Key <FAL_KEY>` (or `Key <FAL_KEY_ID>:<FAL_KEY_SECRET>`); with neither set
 the client sends `Bearer <token>` from `fal auth login` (~/.fal), refreshing it at auth.fal.ai.
@@ -69,7 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field
 RUN_PREFIX = "/fal"
 """The synchronous surface: `FAL_RUN_HOST=<host>:<port>/fal`."""
 QUEUE_PREFIX = "/fal/queue"
-"""The queue (phase 2): `FAL_QUEUE_RUN_HOST=<host>:<port>/fal/queue`."""
+"""The queue (serve/routers/fal_queue.py): `FAL_QUEUE_RUN_HOST=<host>:<port>/fal/queue`."""
 RUN_PATH = RUN_PREFIX + "/{owner}/{model_name}/{task_name}"
 
 # ----- headers and query parameters -----
@@ -134,7 +134,7 @@ class RequestError(BaseModel):
     error: dict[str, Any] | None = Field(None, description="the gateway's own error envelope, for its clients")
 
 
-# ----- the queue (phase 2) -----
+# ----- the queue -----
 
 
 class QueueURLs(BaseModel):

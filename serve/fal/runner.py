@@ -4,7 +4,7 @@ Every ingress replica runs one (`Gateway.__init__` starts it, `__del__` closes i
 wherever there is an ingress, and as many at once as `gateway.fal.runner_concurrency` per replica.
 A job runs through `GatewayService.vision_task` with a `CallerContext` of the key that submitted it,
 like the HTTP request it stands for: the same admission (allowed models, budget), batching, usage row
-(its request id is the job's, so a job run again after its runner died is billed once) and
+(under the job's request id; a rerun's under `{id}.{attempt}`) and
 cold-start wait (a model at zero replicas is woken and waited for with no client connection open).
 
 Safety comes from the store (serve/store/jobs.py): a job is leased by one runner, which renews the
@@ -86,11 +86,17 @@ class JobRunner:
         self._wake.set()
 
     async def close(self) -> None:
-        """Stop leasing; jobs still running are stopped and their leases expire (another runner
-        takes them over after `lease_s`)."""
-        for task in [*self._tasks, *self._running.values(), *self._deliveries]:
+        """Stop leasing; jobs still running are stopped and put back in the queue for another runner."""
+        running = list(self._running)
+        tasks = [*self._tasks, *self._running.values(), *self._deliveries]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._running.values(), *self._deliveries, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job_id in running:  # back in the queue now rather than when the lease runs out
+            try:
+                await self.store.release_job(job_id, self.owner, f"the runner {self.owner} stopped; queued again")
+            except StoreError as error:
+                logger.warning("could not release job %s (its lease will expire): %s", job_id, error)
 
     # ----- leasing -----
 
@@ -134,14 +140,20 @@ class JobRunner:
         first = "waiting for the model to start" if waiting else "running"
         first = f"{first} (attempt {job.attempts}, runner {self.owner})"
         await self._log(job.id, first)
-        watch = asyncio.get_running_loop().create_task(self._keep_lease(job, waiting))
+        state = {"waiting": waiting}
+        watch = asyncio.get_running_loop().create_task(self._keep_lease(job, state))
         started = time.perf_counter()
         status, result, error, log = "FAILED", None, None, None
         try:
-            context = CallerContext(request_id=job.id, key_id=job.key_id, caller=await self._caller(job.key_id))
+            # one usage row per run that reached the model: the first under the job's id, a rerun's
+            # under `{id}.{attempt}` (a row of an interrupted run must not swallow the rerun's)
+            usage_id = job.id if job.attempts == 1 else f"{job.id}.{job.attempts}"
+            context = CallerContext(request_id=usage_id, key_id=job.key_id, caller=await self._caller(job.key_id))
             request = VisionTaskRequest.model_validate(job.request)
             served = await self.service.vision_task(job.model, job.task, request, context)
-            status, result, log = "COMPLETED", served.body.model_dump(exclude_none=True), "done"
+            status, result, log = "COMPLETED", served.body.model_dump(exclude_none=True), ["done"]
+            if state["waiting"]:  # it came up between two looks of the watcher
+                log.insert(0, "the model is up; running")
         except (APIError, ValidationError) as failure:
             error = error_record(failure, job.id)
             log = f"failed: {error['message']}"
@@ -177,15 +189,15 @@ class JobRunner:
         except StoreError as error:
             logger.warning("could not log to job %s: %s", job_id, error)
 
-    async def _keep_lease(self, job: JobRecord, waiting: bool) -> None:
-        """Renew the lease every third of it; note when a waited-for model is up."""
+    async def _keep_lease(self, job: JobRecord, state: dict[str, bool]) -> None:
+        """Renew the lease every third of it; note when a waited-for model is up (`state["waiting"]`)."""
         renewed = time.monotonic()
         while True:
-            await asyncio.sleep(WATCH_S if waiting else self.config.lease_s / 3)
-            if waiting and await self._model_up(job.model):
-                waiting = False
+            await asyncio.sleep(WATCH_S if state["waiting"] else self.config.lease_s / 3)
+            if state["waiting"] and await self._model_up(job.model):
                 await self._log(job.id, "the model is up; running")
-            if time.monotonic() - renewed >= self.config.lease_s / 3 or not waiting:
+                state["waiting"] = False
+            if time.monotonic() - renewed >= self.config.lease_s / 3 or not state["waiting"]:
                 try:
                     if not await self.store.renew_lease(job.id, self.owner, self.config.lease_s):
                         logger.warning("lost the lease of job %s", job.id)

@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import socket
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import certifi
 import httpx
 
 from serve.fal.protocol import WebhookPayload
-from serve.images import _client as _fetch_client  # the fetcher's client: no env proxies, no redirects
 from serve.netguard import HostPolicy, IPAddress, parse_host_address
 from serve.store import JobRecord
 
@@ -150,9 +152,8 @@ async def deliver(url: str, body: bytes, headers: dict[str, str], policy: HostPo
     if target.scheme == "https" and parse_host_address(host) is None:
         extensions["sni_hostname"] = host
     pinned = target.copy_with(host=str(address), fragment=None)
-    limits = _timeouts(timeout_s)
     try:
-        async with _fetch_client(limits) as client:
+        async with _client(timeout_s) as client:
             response = await client.post(
                 pinned, content=body, headers={**headers, "host": target.netloc.decode("ascii")}, extensions=extensions
             )
@@ -162,7 +163,18 @@ async def deliver(url: str, body: bytes, headers: dict[str, str], policy: HostPo
         raise DeliveryFailed(f"the receiver answered HTTP {response.status_code}")
 
 
-def _timeouts(timeout_s: float) -> Any:
-    from serve.images import ImageLimits  # noqa: PLC0415
+def _client(timeout_s: float) -> httpx.AsyncClient:
+    """Like the image fetcher's: no proxy or credentials from the environment (a proxy would undo
+    the pinning), no redirects (each would need its own check), no connection reuse across names."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        verify=_ssl_context(),
+        trust_env=False,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
 
-    return ImageLimits(fetch_connect_timeout_s=timeout_s, fetch_read_timeout_s=timeout_s)
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certifi.where())
