@@ -97,3 +97,116 @@ def spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "min": None, "max": None}
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# ----- window sizing and validity -----
+#
+# A throughput window is only as good as the number of model runs it holds: a batching server
+# answers in lumps of one batch, so a window holding one or two runs measures its edges, not the
+# server (an earlier run reported the gateway at 1.39x the raw loop that way). Windows are therefore
+# sized from a measured duration of one model run at the headline batch size, and every ratio is
+# checked before it is reported.
+
+MIN_RUNS = 10
+"""Model runs (at the headline batch size) a throughput window must span to count as a measurement."""
+MAX_RATIO_VS_RAW = 1.05
+"""A served system faster than the raw loop by more than this is a measurement error until explained."""
+MAX_ROUND_SPREAD = 1.15
+"""Largest max/min of a per-round ratio before the rounds disagree too much to report a median."""
+SERVED_SYSTEMS = ("gateway", "gateway_unbatched", "naive", "litserve")
+
+
+def window_seconds(run_s: float, runs: float, minimum_s: float = 0.0, maximum_s: float | None = None) -> float:
+    """The length of a window that spans `runs` model runs of `run_s` seconds each.
+
+    `minimum_s` keeps windows of very fast models from being a few milliseconds; `maximum_s` bounds
+    a window of a slow model (a window cut short by it is flagged afterwards, by `validity`).
+    """
+    if run_s <= 0:
+        raise ValueError(f"run_s must be positive, got {run_s}")
+    seconds = max(minimum_s, runs * run_s)
+    return seconds if maximum_s is None else min(seconds, maximum_s)
+
+
+def runs_spanned(span_s: float | None, run_s: float) -> float | None:
+    """How many model runs of `run_s` seconds fit in a measured span (None when nothing was measured)."""
+    if span_s is None or run_s <= 0:
+        return None
+    return span_s / run_s
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def validity(
+    rounds: list[dict[str, dict[str, Any]]],
+    min_runs: float = MIN_RUNS,
+    max_ratio_vs_raw: float = MAX_RATIO_VS_RAW,
+    max_spread: float = MAX_ROUND_SPREAD,
+    quick: bool = False,
+    ratios: tuple[tuple[str, str], ...] = tuple((system, "raw") for system in SERVED_SYSTEMS),
+) -> dict[str, Any]:
+    """Whether the rounds of one workload are a measurement, and if not, why.
+
+    `rounds` holds, per round, each system's window: `items_per_s` and `runs` (the model runs at the
+    headline batch size that the window spans). Flags: a window of fewer than `min_runs` runs; a
+    served system above `max_ratio_vs_raw` of the raw loop, per round and for the median; a ratio
+    whose rounds spread wider than `max_spread` (max / min); a `quick` run. Returns
+    `{"ok", "reasons", "rounds": [{"ok", "reasons"}, ...], "ratios": {"a_vs_b": {"ok", "reasons"}}}`.
+    """
+    reasons: list[str] = []
+    ratio_reasons: dict[str, list[str]] = {f"{a}_vs_{b}": [] for a, b in ratios}
+    per_round = []
+    for number, windows in enumerate(rounds, start=1):
+        found = []
+        for system, window in windows.items():
+            runs = window.get("runs")
+            if runs is None or runs < min_runs:
+                shown = "unknown" if runs is None else f"{runs:.1f}"
+                found.append(f"round {number}: {system} window too short ({shown} runs < {min_runs:g})")
+                for a, b in ratios:
+                    if system in (a, b):
+                        ratio_reasons[f"{a}_vs_{b}"].append(f"round {number}: {system} window too short")
+        for a, b in ratios:
+            value = _ratio(windows.get(a, {}).get("items_per_s"), windows.get(b, {}).get("items_per_s"))
+            if b == "raw" and value is not None and value > max_ratio_vs_raw:
+                text = f"round {number}: {a} / raw = {value:.3f} > {max_ratio_vs_raw:g} (faster than the raw loop)"
+                found.append(text)
+                ratio_reasons[f"{a}_vs_{b}"].append(text)
+        per_round.append({"ok": not found, "reasons": found})
+        reasons += found
+    for a, b in ratios:
+        name = f"{a}_vs_{b}"
+        values = [
+            _ratio(windows.get(a, {}).get("items_per_s"), windows.get(b, {}).get("items_per_s")) for windows in rounds
+        ]
+        known = [v for v in values if v is not None and v > 0]
+        if b == "raw" and known:
+            median = statistics.median(known)
+            if median > max_ratio_vs_raw:
+                text = f"median {a} / raw = {median:.3f} > {max_ratio_vs_raw:g}"
+                reasons.append(text)
+                ratio_reasons[name].append(text)
+        if len(known) >= 2 and max(known) / min(known) > max_spread:
+            text = (
+                f"{a} / {b} spread {min(known):.2f}–{max(known):.2f} across rounds"
+                f" (max/min {max(known) / min(known):.2f} > {max_spread:g})"
+            )
+            reasons.append(text)
+            ratio_reasons[name].append(text)
+        if len(known) < 2:
+            text = f"{a} / {b}: fewer than 2 rounds, no spread"
+            reasons.append(text)
+            ratio_reasons[name].append(text)
+    if quick:
+        text = "--quick run: short windows, not valid for comparison"
+        reasons.insert(0, text)
+        for found in ratio_reasons.values():
+            found.insert(0, text)
+    return {
+        "ok": not reasons,
+        "reasons": reasons,
+        "rounds": per_round,
+        "ratios": {name: {"ok": not found, "reasons": found} for name, found in ratio_reasons.items()},
+    }

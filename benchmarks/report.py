@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import spread
+from benchmarks.metrics import MAX_RATIO_VS_RAW, MAX_ROUND_SPREAD, MIN_RUNS, spread, validity
 
 logger = logging.getLogger("benchmarks.report")
 
@@ -43,6 +43,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _max_over_min(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None and v > 0]
+    return max(known) / min(known) if len(known) >= 2 else None
+
+
 def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of one workload: medians over rounds, ratios taken within each round."""
     rounds = measured["rounds"]
@@ -54,12 +59,38 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     }
     for system, key in SYSTEM_FIELDS.items():
         summary[key] = _median([r[system]["items_per_s"] for r in rounds])
-    ratios = {
-        f"{a}_vs_{b}": spread([_ratio(r[a]["items_per_s"], r[b]["items_per_s"]) for r in rounds]) for a, b in RATIOS
-    }
-    summary["efficiency_vs_raw"] = ratios["gateway_vs_raw"]["median"]
-    summary["efficiency_vs_raw_range"] = [ratios["gateway_vs_raw"]["min"], ratios["gateway_vs_raw"]["max"]]
+    checked = validity(
+        [{system: {"items_per_s": w["items_per_s"], "runs": w.get("runs")} for system, w in r.items()} for r in rounds],
+        min_runs=measured.get("min_runs", MIN_RUNS),
+        quick=measured.get("quick", False),
+        ratios=RATIOS,
+    )
+    ratios = {}
+    for a, b in RATIOS:
+        name = f"{a}_vs_{b}"
+        per_round = [_ratio(r[a]["items_per_s"], r[b]["items_per_s"]) for r in rounds]
+        ratios[name] = {
+            **spread(per_round),
+            "rounds": per_round,
+            "max_over_min": _max_over_min(per_round),
+            "valid": checked["ratios"][name]["ok"],
+            "reasons": checked["ratios"][name]["reasons"],
+        }
+    gateway_vs_raw = ratios["gateway_vs_raw"]
+    # A flagged ratio is not a result: the headline is null and the measured value kept beside it.
+    summary["efficiency_vs_raw"] = gateway_vs_raw["median"] if gateway_vs_raw["valid"] else None
+    summary["efficiency_vs_raw_measured"] = gateway_vs_raw["median"]
+    summary["efficiency_vs_raw_range"] = [gateway_vs_raw["min"], gateway_vs_raw["max"]]
     summary["ratios"] = ratios
+    summary["validity"] = {"ok": checked["ok"], "reasons": checked["reasons"], "rounds": checked["rounds"]}
+    summary["windows"] = {
+        "run_s": measured.get("run_s"),
+        "plan": measured.get("window_plan"),
+        "runs_per_round": [{system: w.get("runs") for system, w in r.items()} for r in rounds],
+        "min_runs": measured.get("min_runs", MIN_RUNS),
+    }
+    if not checked["ok"]:
+        logger.warning("%s is not a valid measurement: %s", measured["workload"], "; ".join(checked["reasons"]))
     summary["mean_batch_size"] = _median([r["gateway"].get("mean_batch_size") for r in rounds])
     summary["mean_batch_size_unbatched"] = _median([r["gateway_unbatched"].get("mean_batch_size") for r in rounds])
     summary["mean_batch_size_litserve"] = _median([r["litserve"].get("mean_batch_size") for r in rounds])
@@ -193,8 +224,10 @@ def _belongs_to(part: str, system: str) -> bool:
     return part.startswith("ray_") or part in (f"{system}_ingress", f"{system}_model")
 
 
-def _ratio_cell(ratio: dict[str, float | None]) -> str:
-    return f"{_fmt(ratio['median'])}{_range([ratio['min'], ratio['max']])}"
+def _ratio_cell(ratio: dict[str, Any]) -> str:
+    """A ratio's median and per-round range; struck through and flagged when it is not a valid result."""
+    cell = f"{_fmt(ratio['median'])}{_range([ratio['min'], ratio['max']])}"
+    return cell if ratio.get("valid", True) else f"~~{cell}~~ ⚠ invalid"
 
 
 def _idle(idle: dict[str, float]) -> str:
@@ -223,10 +256,23 @@ def markdown(summary: dict[str, Any]) -> str:
         ),
         (
             "Random-weight checkpoints at the published sizes, fp32, 2 torch threads per system;"
-            f" medians of {header['plan']['rounds']} interleaved rounds, (min–max) of the per-round values."
+            f" medians of up to {header['plan']['rounds']} interleaved rounds a workload,"
+            " (min–max) of the per-round values."
+        ),
+        *(
+            ["", "**QUICK RUN: windows of about one model run; these numbers are NOT valid for comparison.**"]
+            if header["plan"].get("quick")
+            else []
         ),
         "",
         "## Throughput at the headline concurrency (items/s)",
+        "",
+        (
+            "Ratios are struck through and marked ⚠ when they are not a valid result (a window of fewer than"
+            f" {MIN_RUNS} model runs, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
+            f" ratios whose max / min exceeds {MAX_ROUND_SPREAD:g}); the reasons are listed below and in"
+            " latest.json's `validity`."
+        ),
         "",
         (
             "| workload | conc. | batch | raw | gateway | gateway unbatched | naive | LitServe | gateway / raw"
@@ -242,10 +288,12 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {key} | {block['concurrency']} | {block['batch_size']} | {_fmt(block['raw_items_per_s'])}"
             f" | {_fmt(block['served_items_per_s'])} | {_fmt(block['unbatched_items_per_s'])}"
             f" | {_fmt(block['naive_items_per_s'])} | {_fmt(block['litserve_items_per_s'])}"
-            f" | {_fmt(block['efficiency_vs_raw'])}{_range(block['efficiency_vs_raw_range'])}"
+            f" | {_ratio_cell(ratios['gateway_vs_raw'])}"
             f" | {_ratio_cell(ratios['gateway_vs_naive'])} | {_ratio_cell(ratios['gateway_vs_litserve'])}"
             f" | {_fmt(block['mean_batch_size'], 1)} / {_fmt(block['mean_batch_size_litserve'], 1)} |"
         )
+    for key in workloads:
+        lines += _validity_lines(key, summary[key])
     for key in workloads:
         block = summary[key]
         lines += [
@@ -339,6 +387,51 @@ def markdown(summary: dict[str, Any]) -> str:
     if notes:
         lines += ["", *[f"Note: {note}" for note in notes]]
     return "\n".join(lines) + "\n"
+
+
+def _validity_lines(key: str, block: dict[str, Any]) -> list[str]:
+    """A workload's validity, every ratio with its per-round values and spread, and each round's windows."""
+    checked = block["validity"]
+    lines = ["", f"## {key}: validity, ratios and rounds", ""]
+    if checked["ok"]:
+        lines.append(
+            f"Valid: every window spans at least {block['windows']['min_runs']} model runs, no served system is"
+            f" above {MAX_RATIO_VS_RAW:g} of the raw loop, every ratio's max / min over rounds is at most"
+            f" {MAX_ROUND_SPREAD:g}."
+        )
+    else:
+        lines.append("**Not a valid measurement:**")
+        lines += [f"- {reason}" for reason in checked["reasons"]]
+    lines += [
+        "",
+        "| ratio | median | per round | range | max / min | valid |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, ratio in block["ratios"].items():
+        per_round = ", ".join(_fmt(v) for v in ratio["rounds"])
+        low, high = ratio["min"], ratio["max"]
+        lines.append(
+            f"| {name.replace('_vs_', ' / ')} | {_fmt(ratio['median'])} | {per_round}"
+            f" | {_fmt(low)}–{_fmt(high)} | {_fmt(ratio['max_over_min'])} | {'yes' if ratio['valid'] else '⚠ no'} |"
+        )
+    systems = ("raw", *SYSTEM_FIELDS)
+    run_s = block["windows"].get("run_s") or {}
+    timed = ", ".join(f"batch {size}: {_fmt(seconds)} s" for size, seconds in run_s.items())
+    lines += [
+        "",
+        f"Items/s per round, with the model runs each window spans in brackets (one run timed: {timed or '–'}):",
+        "",
+        "| round | " + " | ".join(LABELS[s] for s in systems) + " |",
+        "|---" * (len(systems) + 1) + "|",
+    ]
+    for number, measured in enumerate(block["rounds"], start=1):
+        cells = []
+        for system in systems:
+            window = measured.get(system, {})
+            runs = window.get("runs")
+            cells.append(f"{_fmt(window.get('items_per_s'))} ({_fmt(runs, 1)})")
+        lines.append(f"| {number} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

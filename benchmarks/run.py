@@ -1,7 +1,8 @@
 """Run the whole benchmark in one go and write `benchmarks/results/latest.{json,md,png}`.
 
-    python -m benchmarks.run            # the full run (`make bench`), about 13 minutes on 2 cores
-    python -m benchmarks.run --quick    # a smoke run with short windows, about 5 minutes
+    python -m benchmarks.run            # the full run (`make bench`): ~35-40 minutes on 2 cores (estimate)
+    python -m benchmarks.run --quick    # a smoke run, windows of about one model run: NOT valid results
+    python -m benchmarks.run --workload siglip2_embed   # one real-size workload (repeatable)
 
 Phases, one after another, on one local Ray (no dashboard) whose HTTP proxy listens on 127.0.0.1:
 
@@ -12,11 +13,18 @@ Phases, one after another, on one local Ray (no dashboard) whose HTTP proxy list
 2. Each real-size workload (`benchmarks.workloads`): the raw model in a plain in-process loop at
    its best batch size (probed among 1, 8 and 16 first); the gateway with that batch size and with
    `max_batch_size: 1` (two apps, each holding only this model); the naive server; LitServe with
-   the gateway's batch settings. Every system is started once and reused. Rounds interleave the
-   systems (raw, gateway, gateway unbatched, naive, LitServe), one under load at a time, at the
-   workload's headline concurrency; ratios are taken within a round and summarised by their median
-   and range. The other concurrencies of the sweep follow the rounds, measured once each. Peer
-   servers not under test are paused (SIGSTOP), so their idle loops never run beside another system.
+   the gateway's batch settings. Every system is started once and reused. Then one model run at
+   the chosen batch size and one of a single item are timed, and every window is sized from them:
+   it spans `MIN_RUNS` (10) runs of the system's own model call (the headline batch for the raw
+   loop, the gateway and LitServe; one item for the two systems that never batch), after a warm-up
+   of several runs. Rounds interleave the systems (raw, gateway, gateway unbatched, naive,
+   LitServe), one under load at a time, at the workload's headline concurrency; ratios are taken
+   within a round and summarised by their median and range, and checked (`metrics.validity`): a
+   window of fewer than 10 runs, a served system above 1.05 of the raw loop, or a ratio whose
+   rounds spread wider than max/min 1.15 is flagged in the output and in `latest.json`, not
+   reported as a result. At least two rounds are measured; a third, and the other concurrencies of
+   the sweep (shorter windows, latency by concurrency), only within the time budget. Peer servers
+   not under test are paused (SIGSTOP), so their idle loops never run beside another system.
 
 Every model runs with two torch threads on the machine's cores; the gateway's model replica asks
 Ray for 2 CPUs. Everything started here is stopped on the way out, also after an error.
@@ -29,8 +37,10 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +56,15 @@ import psutil
 
 from benchmarks import models, report
 from benchmarks.load import LoadGenerator
-from benchmarks.metrics import http_window, percentiles
+from benchmarks.metrics import (
+    MAX_RATIO_VS_RAW,
+    MAX_ROUND_SPREAD,
+    MIN_RUNS,
+    http_window,
+    percentiles,
+    runs_spanned,
+    window_seconds,
+)
 from benchmarks.servers import (
     WORK_DIR,
     GatewayStack,
@@ -59,7 +77,6 @@ from benchmarks.servers import (
     rss_mb,
 )
 from benchmarks.workloads import (
-    BATCH_WAIT_S,
     CAPTION_TOKENS,
     FILL_WAIT_RATIO,
     PATCHES,
@@ -90,28 +107,45 @@ SYSTEMS = ("gateway", "gateway_unbatched", "naive", "litserve")
 
 @dataclass(frozen=True)
 class WorkloadPlan:
-    """How one workload is measured."""
+    """How one workload is measured.
+
+    Windows are given in model runs, not seconds: before the rounds, `timing_runs` raw runs at the
+    chosen batch size (and at batch size 1) are timed, and every window spans `runs` runs of the
+    system's own model call (the headline batch for the raw loop, the gateway and LitServe; one item
+    for the gateway with `max_batch_size: 1` and the naive server), at least `min_window_s`. Warm-ups
+    last `warmup_runs` runs of the headline batch; sweep windows (latency by concurrency, not used
+    for ratios) span `sweep_runs`. `max_job_s` only bounds a window that hangs.
+    """
 
     workload: str
     headline: int
     concurrencies: tuple[int, ...]
-    window_s: float
-    warmup_s: float
-    raw_window_s: float
+    runs: float
+    warmup_runs: float
+    sweep_runs: float
+    min_window_s: float
     probe_s: float
-    max_window_s: float
+    max_job_s: float
     probe_sizes: tuple[int, ...] = (1, 8, 16)
+    timing_runs: int = 3
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The whole run: rounds, windows and the time budget."""
+    """The whole run: rounds, windows and the time budget.
+
+    `min_rounds` rounds are always measured; a further round (up to `rounds`) and the sweep only when
+    the time they are estimated to take fits `budget_s`. `quick` marks every result as not valid for
+    comparison.
+    """
 
     rounds: int
     tiny_window_s: float
     tiny_in_process_s: float
     workloads: tuple[WorkloadPlan, ...]
     budget_s: float
+    min_rounds: int = 2
+    quick: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -124,29 +158,45 @@ FULL = Plan(
             "siglip2_embed",
             32,
             (1, 8, 32),
-            window_s=3.0,
-            warmup_s=0.5,
-            raw_window_s=5.0,
+            runs=MIN_RUNS,
+            warmup_runs=3,
+            sweep_runs=4,
+            min_window_s=10.0,
             probe_s=2.5,
-            max_window_s=120.0,
+            max_job_s=600.0,
         ),
         WorkloadPlan(
-            "blip_caption", 8, (1, 8), window_s=2.0, warmup_s=0.0, raw_window_s=5.0, probe_s=2.0, max_window_s=240.0
+            "blip_caption",
+            8,
+            (1, 8),
+            runs=MIN_RUNS,
+            warmup_runs=1.5,
+            sweep_runs=2,
+            min_window_s=10.0,
+            probe_s=2.0,
+            max_job_s=900.0,
         ),
     ),
-    budget_s=14 * 60,
+    budget_s=26 * 60,
     notes=[
         (
             "BLIP is swept at concurrency 1 and 8 only: on 2 cores one caption takes ~2 s, so at 32 a request"
-            " waits 40-70 s and one such window per system would not fit the 15-minute budget."
+            " waits 40-70 s."
         ),
         (
             "The batch size of the raw loop, the gateway and LitServe is the best of the probed sizes that the"
             " headline concurrency can fill (all probed sizes are in probe_items_per_s)."
         ),
         (
-            "A window measures from the first response after its warm-up until the last request issued in the"
-            " window has answered (see benchmarks/metrics.py); BLIP windows span about one batch period each."
+            f"Every headline window spans at least {MIN_RUNS} runs of the system's own model call, sized from"
+            " timed raw runs (run_s); warm-ups last several headline runs. A window measures from the first"
+            " response after its warm-up until the last request issued in the window has answered (see"
+            " benchmarks/metrics.py). Sweep windows are shorter (latency by concurrency, not used for ratios)."
+        ),
+        (
+            f"A ratio is flagged, not reported as a result, when a window spans fewer than {MIN_RUNS} runs,"
+            f" a served system is above {MAX_RATIO_VS_RAW} of the raw loop, or its rounds spread wider than"
+            f" max/min {MAX_ROUND_SPREAD} (see `validity` in latest.json)."
         ),
         (
             "Peer servers not under test are paused (SIGSTOP) so their idle loops do not run beside the system"
@@ -155,7 +205,7 @@ FULL = Plan(
     ],
 )
 QUICK = Plan(
-    rounds=3,
+    rounds=2,
     tiny_window_s=1.0,
     tiny_in_process_s=0.5,
     workloads=(
@@ -163,27 +213,32 @@ QUICK = Plan(
             "siglip2_embed",
             8,
             (1, 8),
-            window_s=1.0,
-            warmup_s=0.0,
-            raw_window_s=1.0,
+            runs=1,
+            warmup_runs=0,
+            sweep_runs=1,
+            min_window_s=1.0,
             probe_s=0.5,
-            max_window_s=60.0,
+            max_job_s=120.0,
             probe_sizes=(1, 8),
+            timing_runs=1,
         ),
         WorkloadPlan(
             "blip_caption",
             2,
             (2,),
-            window_s=0.5,
-            warmup_s=0.0,
-            raw_window_s=0.5,
+            runs=1,
+            warmup_runs=0,
+            sweep_runs=1,
+            min_window_s=0.5,
             probe_s=0.5,
-            max_window_s=120.0,
+            max_job_s=240.0,
             probe_sizes=(1, 2),
+            timing_runs=1,
         ),
     ),
     budget_s=8 * 60,
-    notes=["--quick: a smoke run with short windows; the numbers are not meant to be compared."],
+    quick=True,
+    notes=["--quick: a smoke run with windows of about one model run; its numbers are NOT valid for comparison."],
 )
 
 
@@ -384,6 +439,27 @@ class Benchmark:
         runner = ModelRunner(workload, checkpoint, THREADS)
         batch, probe = probe_batch_sizes(runner, image, wplan.probe_sizes, wplan.probe_s, wplan.headline)
         logger.info("%s: best raw batch size %d (%s)", workload.name, batch, probe)
+        # One model run at the headline batch size, and one of a single item (the unbatched systems'
+        # run), timed after the probe warmed the model: every window is sized from these.
+        run_s = {size: time_runs(runner, image, size, wplan.timing_runs) for size in sorted({batch, 1})}
+        sizing = window_plan(wplan, run_s, batch)
+        logger.info(
+            "%s: one run takes %s s (by batch size); windows %s s, warm-ups %s s; about %.0f s a round",
+            workload.name,
+            {size: round(seconds, 2) for size, seconds in run_s.items()},
+            {name: round(w["window_s"], 1) for name, w in sizing["systems"].items()},
+            {name: round(w["warmup_s"], 1) for name, w in sizing["systems"].items()},
+            sizing["round_s"],
+        )
+        if self.elapsed() + self.plan.min_rounds * sizing["round_s"] > self.plan.budget_s:
+            logger.warning(
+                "%s: %d rounds of about %.0f s each will end past the %.0f s budget (at about %.0f s)",
+                workload.name,
+                self.plan.min_rounds,
+                sizing["round_s"],
+                self.plan.budget_s,
+                self.elapsed() + self.plan.min_rounds * sizing["round_s"],
+            )
 
         skipped: list[str] = []
         apps = {
@@ -394,24 +470,40 @@ class Benchmark:
         try:
             # LitServe has a fixed batch timeout, not a share of the last run: it gets the wait the
             # gateway's fill_wait_ratio gives one raw batch of this workload.
-            litserve_wait = FILL_WAIT_RATIO * batch / probe[batch]
+            litserve_wait = FILL_WAIT_RATIO * run_s[batch]
             systems, startup = self.start_systems(workload, checkpoint, batch, litserve_wait)
             count_tokens = workload.family == "blip"
             for system in systems.values():
-                self.http_window(system, body, 1, 0.0, 0.0, wplan.max_window_s, count_tokens)
+                self.http_window(system, body, 1, 0.0, 0.0, wplan.max_job_s, count_tokens)
             self.resume_peers()
             memory = self.memory(apps)
             idle = self.idle_cpu(apps)
 
-            def window(name: str, concurrency: int) -> dict[str, Any]:
-                return self.http_window(
-                    systems[name], body, concurrency, wplan.warmup_s, wplan.window_s, wplan.max_window_s, count_tokens
+            def window(name: str, concurrency: int, runs: float) -> dict[str, Any]:
+                planned = sizing["systems"][name]
+                seconds = window_seconds(planned["run_s"], runs, wplan.min_window_s)
+                measured = self.http_window(
+                    systems[name],
+                    body,
+                    concurrency,
+                    planned["warmup_s"],
+                    seconds,
+                    job_limit_s(wplan, planned["warmup_s"], seconds, run_s[batch], concurrency),
+                    count_tokens,
                 )
+                measured["runs"] = runs_spanned(measured.get("span_s"), planned["run_s"])
+                return {**measured, "window_s": seconds, "warmup_s": planned["warmup_s"], "run_s": planned["run_s"]}
 
             rounds = []
             for number in range(self.plan.rounds):
-                measured = {"raw": self.raw_window(runner, image, batch, wplan.raw_window_s)}
-                measured.update({name: window(name, wplan.headline) for name in SYSTEMS})
+                if number >= self.plan.min_rounds and self.elapsed() + sizing["round_s"] > self.plan.budget_s:
+                    logger.warning("over the time budget: %s measured in %d rounds", workload.name, number)
+                    skipped.append(f"round {number + 1} (of {self.plan.rounds})")
+                    break
+                raw_seconds = sizing["systems"]["raw"]["window_s"]
+                measured = {"raw": self.raw_window(runner, image, batch, raw_seconds, wplan.runs)}
+                measured["raw"]["run_s"] = run_s[batch]
+                measured.update({name: window(name, wplan.headline, wplan.runs) for name in SYSTEMS})
                 log_round(workload.name, number + 1, measured)
                 rounds.append(measured)
             sweep = []
@@ -421,7 +513,7 @@ class Benchmark:
                         logger.warning("over the time budget: skipping %s at concurrency %d", name, concurrency)
                         skipped.append(f"{name} at concurrency {concurrency}")
                     else:
-                        sweep.append(window(name, concurrency))
+                        sweep.append(window(name, concurrency, wplan.sweep_runs))
         finally:
             for peer in self.peers.values():
                 peer.stop()
@@ -438,7 +530,11 @@ class Benchmark:
             "checkpoint": str(checkpoint),
             "batch_size": batch,
             "probe_items_per_s": probe,
+            "run_s": {str(size): seconds for size, seconds in run_s.items()},
+            "window_plan": sizing,
             "headline_concurrency": wplan.headline,
+            "min_runs": MIN_RUNS,
+            "quick": self.plan.quick,
             "startup_s": startup,
             "litserve_batch_timeout_s": litserve_wait,
             "memory_mb": memory,
@@ -491,11 +587,15 @@ class Benchmark:
 
     # ----- measurement windows -----
 
-    def raw_window(self, runner: ModelRunner, image: Any, batch: int, seconds: float) -> dict[str, Any]:
-        """The raw loop with every peer paused, and the CPU time per item of every process meanwhile."""
+    def raw_window(
+        self, runner: ModelRunner, image: Any, batch: int, seconds: float, min_runs: float = 1
+    ) -> dict[str, Any]:
+        """The raw loop with every peer paused (after one unmeasured run), and the CPU time per item
+        of every process meanwhile."""
         self.isolate(None)
+        runner.run([image] * batch)
         cpu_before = self.cpu(self.apps)
-        result = raw_window(runner, image, batch, seconds)
+        result = raw_window(runner, image, batch, seconds, min_runs)
         result["cpu_ms_per_item"] = cpu_per_item(cpu_before, self.cpu(self.apps), result["items"])
         return result
 
@@ -547,6 +647,7 @@ class Benchmark:
         if system.stats and before:
             after = system.stats()
             batches = after["batches"] - before["batches"]
+            summary["model_runs"] = batches
             summary["mean_batch_size"] = (after["items"] - before["items"]) / batches if batches else None
         if cpu_before and summary.get("completed_after_start"):
             summary["cpu_ms_per_item"] = cpu_per_item(cpu_before, self.cpu(self.apps), summary["completed_after_start"])
@@ -634,7 +735,7 @@ def _entry(model_id: str, source: Path, family: str, max_batch_size: int, status
         "device": "cpu",
         "dtype": "float32",
         "torch_threads": THREADS,
-        "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": BATCH_WAIT_S},
+        "batching": {"max_batch_size": max_batch_size},
         "deployment": {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": THREADS}},
     }
 
@@ -685,12 +786,13 @@ def time_calls(call: Callable[[], Any], seconds: float) -> list[float]:
     return latencies
 
 
-def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float) -> dict[str, Any]:
-    """The model in a plain loop in this process: whole batches for at least `seconds` (at least one)."""
+def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float, min_runs: float = 1) -> dict[str, Any]:
+    """The model in a plain loop in this process: whole batches for at least `seconds` and at least
+    `min_runs` batches (at least one). Items over the summed run times: no window edges."""
     images = [image] * batch
-    durations = []
+    durations: list[float] = []
     started = time.perf_counter()
-    while not durations or time.perf_counter() - started < seconds:
+    while len(durations) < max(1, min_runs) or time.perf_counter() - started < seconds:
         t = time.perf_counter()
         runner.run(images)
         durations.append(time.perf_counter() - t)
@@ -699,10 +801,55 @@ def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float) -> d
         "system": "raw",
         "batch_size": batch,
         "batches": len(durations),
+        "runs": len(durations),
         "items": items,
         "items_per_s": items / sum(durations),
         **percentiles(durations),
     }
+
+
+def time_runs(runner: ModelRunner, image: Any, batch: int, runs: int) -> float:
+    """The median duration (s) of `runs` back-to-back model runs of `batch` items (after the probe warmed the model)."""
+    images = [image] * batch
+    durations = []
+    for _ in range(max(1, runs)):
+        started = time.perf_counter()
+        runner.run(images)
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
+
+
+def system_batch(system: str, batch: int) -> int:
+    """The items of one model run of `system`: the headline batch, or 1 for the systems that never batch."""
+    return 1 if system in ("gateway_unbatched", "naive") else batch
+
+
+def window_plan(wplan: WorkloadPlan, run_s: dict[int, float], batch: int) -> dict[str, Any]:
+    """Each system's run, warm-up and window seconds from the timed runs, and a round's estimated duration.
+
+    A system's unit is its own model run: the headline batch for the raw loop, the gateway and
+    LitServe, one item for the systems that never batch. Its window spans `wplan.runs` of them (at
+    least `min_window_s`), its warm-up `wplan.warmup_runs`; the estimate adds the drain (one run per
+    batch of the requests in flight when the window ends).
+    """
+    systems = {}
+    round_s = 0.0
+    for system in ("raw", *SYSTEMS):
+        size = system_batch(system, batch)
+        own_run_s = run_s[size]
+        window_s = window_seconds(own_run_s, wplan.runs, wplan.min_window_s)
+        # the raw loop warms up with one unmeasured run; an HTTP system with `warmup_runs` of its own
+        warmup_s = own_run_s if system == "raw" else wplan.warmup_runs * own_run_s
+        drain_s = 0.0 if system == "raw" else own_run_s * math.ceil(wplan.headline / size)
+        systems[system] = {"run_s": own_run_s, "window_s": window_s, "warmup_s": warmup_s}
+        round_s += warmup_s + window_s + drain_s
+    return {"runs": wplan.runs, "warmup_runs": wplan.warmup_runs, "systems": systems, "round_s": round_s}
+
+
+def job_limit_s(wplan: WorkloadPlan, warmup_s: float, window_s: float, run_s: float, concurrency: int) -> float:
+    """A bound on one load-generator job that only a hung system reaches: warm-up, window and a drain
+    of one headline run per request in flight, twice over; never below the plan's `max_job_s`."""
+    return max(wplan.max_job_s, 2 * (warmup_s + window_s + run_s * concurrency) + 60)
 
 
 def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) -> dict[str, float]:
@@ -731,10 +878,12 @@ def probe_batch_sizes(
 
 def log_round(workload: str, number: int, measured: dict[str, Any]) -> None:
     raw = measured["raw"]["items_per_s"]
-    parts = [f"raw {raw:.2f}/s"]
+    parts = [f"raw {raw:.2f}/s ({measured['raw']['runs']} runs)"]
     for name in SYSTEMS:
         window = measured[name]
-        parts.append(f"{name} {window['items_per_s']:.2f}/s ({window['items_per_s'] / raw:.0%})")
+        runs = window.get("runs")
+        shown = "?" if runs is None else f"{runs:.1f}"
+        parts.append(f"{name} {window['items_per_s']:.2f}/s ({window['items_per_s'] / raw:.0%}, {shown} runs)")
     logger.info("%s round %d: %s", workload, number, ", ".join(parts))
 
 
@@ -783,7 +932,6 @@ def header(plan: Plan, started_at: datetime, wall_s: float, ray_env: dict[str, s
         "plan": asdict(plan),
         "ray_env": ray_env,
         "threads_per_system": THREADS,
-        "batch_wait_s": BATCH_WAIT_S,
         "fill_wait_ratio": FILL_WAIT_RATIO,
         "caption_tokens": CAPTION_TOKENS,
         "siglip2_patches": PATCHES,
@@ -805,6 +953,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the gateway's own costs (tiny model: overhead, ceiling, batching tax, cold start); prints JSON, writes nothing",
     )
     parser.add_argument(
+        "--workload",
+        action="append",
+        choices=sorted(WORKLOADS),
+        help=f"measure only this real-size workload (repeatable; default all: {', '.join(WORKLOADS)})",
+    )
+    parser.add_argument(
         "--ray-env",
         action="append",
         default=[],
@@ -820,6 +974,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.tiny_only:
         plan = replace(plan, workloads=())
+    elif args.workload:
+        plan = replace(plan, workloads=tuple(w for w in plan.workloads if w.workload in args.workload))
     results = Benchmark(plan, ray_env).run()
     if args.tiny_only:
         print(json.dumps(report.tiny_summary(results["tiny"]), indent=2))

@@ -30,8 +30,6 @@ from serve.config import BatchConfig
 
 CAPTION_TOKENS = 20
 PATCHES = 256
-BATCH_WAIT_S = BatchConfig().batch_wait_timeout_s
-"""The batch wait of every batching system: the gateway's default `batch_wait_timeout_s`."""
 FILL_WAIT_RATIO = BatchConfig().fill_wait_ratio
 """The gateway's default wait for a batch that is not full, as a share of its last model run."""
 
