@@ -77,7 +77,8 @@ browser:
 test: checkpoints postgres browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The benchmark (benchmarks/run.py): ~13 min on 2 cores; writes benchmarks/results/latest.{json,md,png}.
+# The benchmark (benchmarks/run.py): ~35-40 min on 2 cores (windows of >= 10 model runs), then the photo and
+# metering benchmarks; writes benchmarks/results/latest.{json,md,png}, photo.*, metering.*.
 # Then the photo benchmark (benchmarks/photo.py, ~3 min): a 12 MP JPEG in-process and through the
 # gateway; writes benchmarks/results/photo.{md,json}. Smoke run: PHOTO_ARGS=--quick.
 bench: checkpoints
