@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -52,6 +53,8 @@ logger = logging.getLogger("gigarouter.standby")
 PRELOAD_MODULE = "deployments.preload"
 # runtime_env keys that choose another interpreter or environment: a standby started by the
 # gateway could not match such a replica's worker, and `py_executable` would override them.
+# Set by Ray in the environment of every worker process: the pid of the raylet that started it.
+RAYLET_PID_ENV = "RAY_RAYLET_PID"
 INTERPRETER_KEYS = ("py_executable", "pip", "uv", "conda", "container", "image_uri")
 CHECK_S = 10.0
 # a standby asked for on the keeper's own node that has not shown up is asked for again after this
@@ -81,15 +84,20 @@ def marker_of(ray_actor_options: dict[str, Any]) -> str | None:
     return ((ray_actor_options.get("runtime_env") or {}).get("env_vars") or {}).get(PRELOAD_MARKER)
 
 
-def local_standbys(key: str | None = None, include_starting: bool = False) -> set[int]:
+def local_standbys(
+    key: str | None = None, include_starting: bool = False, raylet_pid: str | None = None
+) -> set[int]:
     """Process ids of the standby workers on this machine (Linux): idle Ray workers (`ray::IDLE`)
     started through the preloader, of one runtime env's `key` or of any.
 
     `include_starting` also counts preloaded processes that have not yet connected to Ray (they are
-    importing the model code: a standby that was just started).
+    importing the model code: a standby that was just started). `raylet_pid` counts only the workers
+    of that raylet (Ray puts `RAY_RAYLET_PID` in every worker's environment): another Ray cluster on
+    the same machine with the same config has standbys with the same key.
     """
     prefix = f"\0{PRELOAD_MARKER}=".encode()
     wanted = f"{prefix.decode()}{key}\0".encode() if key else prefix
+    raylet = f"\0{RAYLET_PID_ENV}={raylet_pid}\0".encode() if raylet_pid else None
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -99,7 +107,7 @@ def local_standbys(key: str | None = None, include_starting: bool = False) -> se
             environ = b"\0" + (entry / "environ").read_bytes()
         except OSError:  # gone, or another user's
             continue
-        if wanted not in environ:
+        if wanted not in environ or (raylet is not None and raylet not in environ):
             continue
         if is_idle_worker(title) or (include_starting and not is_connected_worker(title)):
             found.add(int(entry.name))
@@ -273,7 +281,7 @@ class StandbyKeeper:
         """Start a standby for `group` on `node` unless one is (or is assumed to be) there already."""
         claim_key = f"{env_key(group.serialized_env)}@{node.node_id}"
         if node.node_id == self.local_node:
-            if await asyncio.to_thread(local_standbys, group.marker, True):
+            if await asyncio.to_thread(local_standbys, group.marker, True, os.environ.get(RAYLET_PID_ENV)):
                 return False
             # none here: retry a start that did not show up only after a while, unless a replica took it
             due = max(group.replica_started_at.get(node.node_id, 0.0), now - LOCAL_RETRY_S)

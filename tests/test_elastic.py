@@ -21,6 +21,7 @@ from serve.standby import (
     actor_runtime_envs,
     alive_nodes,
     inherited_env,
+    RAYLET_PID_ENV,
     local_standbys,
     marker_of,
     prestart,
@@ -110,7 +111,8 @@ def test_a_cold_start_runs_in_the_standby_worker(client, image_url):
     given exactly the runtime env the gateway computed for it."""
     wait_for(client, ELASTIC_MODEL, is_cold, "cold", 60)
     deadline = time.monotonic() + 90
-    while not (standbys := local_standbys()):
+    raylet_pid = session_raylet_pid()
+    while not (standbys := local_standbys(raylet_pid=raylet_pid)):
         assert time.monotonic() < deadline, "no standby worker appeared within 90 s of the model going cold"
         time.sleep(0.5)
     sent_at = time.time()
@@ -206,15 +208,23 @@ def standby_key(model_id: str) -> str:
     return marker_of(spec.serve_options(app_env=application_runtime_env())["ray_actor_options"])
 
 
+def session_raylet_pid() -> str:
+    """The pid of this session's raylet, as its workers see it (another Ray on the machine, e.g. a
+    benchmark, may have standbys with the same env key: they are not counted)."""
+    ingress = serve.get_deployment_handle("Gateway", app_name=APP_NAME)
+    return ingress.environment.remote([RAYLET_PID_ENV]).result(timeout_s=30)[RAYLET_PID_ENV]
+
+
 class StandbyWatch:
-    """Samples the number of idle standby workers of one env on this machine."""
+    """Samples the number of idle standby workers of one env of this session's Ray on this machine."""
 
     def __init__(self, key: str) -> None:
         self.key = key
+        self.raylet_pid = session_raylet_pid()
         self.counts: list[int] = []
 
     def sample(self) -> int:
-        self.counts.append(len(local_standbys(self.key)))
+        self.counts.append(len(local_standbys(self.key, raylet_pid=self.raylet_pid)))
         return self.counts[-1]
 
     def until(self, check: Callable[[int], bool], what: str, limit_s: float) -> None:
