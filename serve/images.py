@@ -343,6 +343,12 @@ def _client(limits: ImageLimits) -> httpx.AsyncClient:
         write=limits.fetch_read_timeout_s,
         pool=limits.fetch_connect_timeout_s,
     )
+    return pinned_client(timeout)
+
+
+def pinned_client(timeout: httpx.Timeout) -> httpx.AsyncClient:
+    """An HTTP client for requests to a checked, pinned address on a client's behalf (image fetches,
+    webhooks)."""
     return httpx.AsyncClient(
         timeout=timeout,
         verify=_ssl_context(),

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import json
 import socket
-import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import certifi
 import httpx
 
 from serve.fal.protocol import WebhookPayload
+from serve.images import pinned_client
 from serve.netguard import HostPolicy, IPAddress, parse_host_address
 from serve.store import JobRecord
 
@@ -153,7 +151,7 @@ async def deliver(url: str, body: bytes, headers: dict[str, str], policy: HostPo
         extensions["sni_hostname"] = host
     pinned = target.copy_with(host=str(address), fragment=None)
     try:
-        async with _client(timeout_s) as client:
+        async with pinned_client(httpx.Timeout(timeout_s)) as client:
             response = await client.post(
                 pinned, content=body, headers={**headers, "host": target.netloc.decode("ascii")}, extensions=extensions
             )
@@ -161,20 +159,3 @@ async def deliver(url: str, body: bytes, headers: dict[str, str], policy: HostPo
         raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
     if not 200 <= response.status_code < 300:
         raise DeliveryFailed(f"the receiver answered HTTP {response.status_code}")
-
-
-def _client(timeout_s: float) -> httpx.AsyncClient:
-    """Like the image fetcher's: no proxy or credentials from the environment (a proxy would undo
-    the pinning), no redirects (each would need its own check), no connection reuse across names."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        verify=_ssl_context(),
-        trust_env=False,
-        follow_redirects=False,
-        limits=httpx.Limits(max_keepalive_connections=0),
-    )
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=certifi.where())

@@ -17,11 +17,27 @@ from serve.errors import APIError
 from serve.fal.apps import app_model
 from serve.fal.errors import InvalidBody, fal_error_response, parse_body
 from serve.fal.protocol import REQUEST_ID_HEADER, RUN_PREFIX
+from serve.config import ModelSpec
 from serve.protocol import VisionTaskRequest
 from serve.routers.common import caller, render, service
 from serve.service import GatewayService
 
 router = APIRouter(prefix=RUN_PREFIX, include_in_schema=False)
+
+
+async def app_request(
+    gateway: GatewayService, owner: str, model_name: str, task_name: str, request: Request
+) -> tuple[ModelSpec, VisionTaskRequest]:
+    """The model of an app id and the parsed task request. fal's order: an unknown app or task is a
+    404 whatever the body holds; then a body that does not parse is a 422 (`InvalidBody`)."""
+    spec = app_model(gateway.by_name, owner, model_name)
+    gateway.task(spec.deployment_name, task_name)
+    return spec, parse_body(await request.body(), VisionTaskRequest)
+
+
+def with_id(response: Response, request_id: str) -> Response:
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 @router.post("/{owner}/{model_name}/{task_name}")
@@ -34,16 +50,11 @@ async def run(
     gateway: GatewayService = Depends(service),
 ) -> Response:
     try:
-        # fal's order: an unknown app or task is a 404 whatever the body holds
-        spec = app_model(gateway.by_name, owner, model_name)
-        gateway.task(spec.deployment_name, task_name)
-        task_request = parse_body(await request.body(), VisionTaskRequest)
+        spec, task_request = await app_request(gateway, owner, model_name, task_name, request)
         served = await gateway.vision_task(spec.deployment_name, task_name, task_request, context)
     except (APIError, InvalidBody) as error:
         return fal_error_response(error, context.request_id)
-    response = render(served, exclude_none=True)
-    response.headers[REQUEST_ID_HEADER] = context.request_id
-    return response
+    return with_id(render(served, exclude_none=True), context.request_id)
 
 
 # Last: anything else under /fal/ is fal-shaped too (the queue's router, serve/routers/fal_queue.py, is

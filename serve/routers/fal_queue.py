@@ -27,7 +27,7 @@ from serve.accounts import store_unavailable
 from serve.context import CallerContext
 from serve.errors import APIError
 from serve.fal.apps import app_model
-from serve.fal.errors import InvalidBody, fal_error_response, parse_body
+from serve.fal.errors import InvalidBody, fal_error_response
 from serve.fal.protocol import (
     LOGS_PARAM,
     QUEUE_PREFIX,
@@ -50,8 +50,8 @@ from serve.fal.protocol import (
     wants_logs,
 )
 from serve.fal.webhooks import WebhookRefused, check_url
-from serve.protocol import VisionTaskRequest
 from serve.routers.common import caller, service
+from serve.routers.fal import app_request, with_id
 from serve.service import GatewayService
 from serve.store import JobRecord, StoreError
 from serve.store.records import utcnow
@@ -88,11 +88,6 @@ def webhook_refused(reason: str, request_id: str) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=422, headers={REQUEST_ID_HEADER: request_id})
 
 
-def with_id(response: Response, request_id: str) -> Response:
-    response.headers[REQUEST_ID_HEADER] = request_id
-    return response
-
-
 @router.post("/{owner}/{model_name}/{task_name}")
 async def submit(
     owner: str,
@@ -103,9 +98,7 @@ async def submit(
     gateway: GatewayService = Depends(service),
 ) -> Response:
     try:
-        spec = app_model(gateway.by_name, owner, model_name)
-        gateway.task(spec.deployment_name, task_name)
-        body = parse_body(await request.body(), VisionTaskRequest)
+        spec, body = await app_request(gateway, owner, model_name, task_name, request)
         webhook = request.query_params.get(WEBHOOK_PARAM)
         if webhook is not None:
             if gateway.config.fal.webhook_secret() is None:
