@@ -159,6 +159,15 @@ class Scores(ModelResult):
     scores: list[list[float]]
 
 
+@dataclass
+class GenerationDelta:
+    """A piece of a streamed answer's text (a replica's `stream` method yields these in order, as
+    the tokens are made, then one `Generation`: the whole answer with its usage). The pieces joined
+    are the final `Generation.text`, except trailing whitespace the final answer trims."""
+
+    text: str
+
+
 def was_cold(arrived_at: float, result: ModelResult) -> bool:
     """Whether a call waited through its replica's start: the replica became ready after the call
     arrived (wall-clock times; a result without a ready time never counts as cold)."""
