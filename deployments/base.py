@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from deployments.batching import Coalescer, run_groups, scatter, work_of
+from deployments.batching import Coalescer, RunStages, run_groups, scatter, work_of
 from deployments.metrics import ModelMetrics
 from deployments.preload import PRELOADED_AT_ENV
 from deployments.text_limits import TextLimits
@@ -78,6 +79,25 @@ class GenerationRequest:
 
 
 @dataclass
+class _Group:
+    """Items of one run that share a forward pass, and what the last stage made of them."""
+
+    indices: list[int]
+    items: list[Any]
+    value: Any = None
+    failed: bool = False
+
+    def fail(self, error: BaseException) -> None:
+        self.value, self.failed = [error] * len(self.items), True
+
+
+@dataclass
+class _Run:
+    items: list[Any]
+    groups: list[_Group]
+
+
+@dataclass
 class _Queued:
     item: Any
     arrived: float
@@ -120,8 +140,14 @@ class VisionModel(TextLimits):
         self.metrics = ModelMetrics(self.spec.id)
         self.metrics.replica_starts.inc()
         self.metrics.load.observe(self.load_seconds)
+        self.busy_s = self.prepare_s = self.finish_s = 0.0
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.descriptor.name}-model")
+        # One thread for the CPU stages: a processor's tokenizer must not be used by two threads at
+        # once (a fast tokenizer changing its padding settings while another call reads them fails)
+        self._cpu_threads = ThreadPoolExecutor(1, thread_name_prefix=f"{self.descriptor.name}-cpu")
         defaults = BatchConfig()
-        self._coalescer = Coalescer(self._run_model, defaults.max_batch_size, defaults.fill_wait_ratio)
+        stages = RunStages(self._prepare_run, self._core_run, self._finish_run)
+        self._coalescer = Coalescer(stages, defaults.max_batch_size, defaults.fill_wait_ratio)
         self.last_image: dict[str, Any] | None = None
         self.ready_at = time.time()
         logger.info(
@@ -143,9 +169,24 @@ class VisionModel(TextLimits):
         """Items with equal keys run in one forward pass."""
         return None
 
+    def prepare(self, items: list[Any]) -> Any:
+        """CPU work before the model for one group (processor to tensors), on a thread beside the model."""
+        return None
+
+    def forward(self, items: list[Any], prepared: Any) -> Any:
+        """The model on one group, given what `prepare` made (the only stage that uses the model)."""
+        if type(self).predict is VisionModel.predict:
+            raise NotImplementedError(f"{type(self).__name__} implements neither forward nor predict")
+        return self.predict(items)
+
+    def finish(self, items: list[Any], outputs: Any) -> list[ModelResult]:
+        """CPU work after the model (decoding, parsing): one result per item, in order."""
+        return outputs
+
     def predict(self, items: list[Any]) -> list[ModelResult]:
-        """Run one group of items; return one result per item, in order."""
-        raise NotImplementedError
+        """One group through all three stages. A family may implement this alone instead of the
+        stages; then all of its work runs on the model's thread."""
+        return self.finish(items, self.forward(items, self.prepare(items)))
 
     def split(self, item: Any, max_work: int) -> list[Any]:
         """Parts of an item worth more than `max_work`, each to be run on its own (default: not split)."""
@@ -225,38 +266,70 @@ class VisionModel(TextLimits):
                 raise result
         return results[0] if len(parts) == 1 and parts[0] is item else self.join(item, results)
 
-    async def _run_model(self, queued: list[_Queued]) -> list[Any]:
-        """One model run: group the items, run each group off the event loop, one result per item."""
+    # A run's stages (see deployments.batching): the model on one thread of its own, the CPU work
+    # before and after it on others, so that preparing the next run and finishing the last one
+    # overlap the model instead of delaying it.
+
+    async def _prepare_run(self, queued: list[_Queued]) -> _Run:
         started = time.perf_counter()
         for entry in queued:
             self.metrics.queue_wait.observe(started - entry.arrived)
         items = [entry.item for entry in queued]
-        planned = []
-        for indices, group in run_groups(items, self.group_key):
-            try:
-                outputs = await asyncio.to_thread(self._predict_group, group)
-            except APIError as error:
-                outputs = [error] * len(group)
-            except Exception as error:  # one failing group must not fail the others
-                logger.exception("%s: a batch group of %d failed", self.spec.id, len(group))
-                outputs = [RuntimeError(f"{self.spec.id} failed to run the request: {type(error).__name__}")] * len(group)
-            planned.append((indices, outputs))
-        results = scatter(len(items), planned)
+        run = _Run(items, [_Group(indices, group) for indices, group in run_groups(items, self.group_key)])
+        await asyncio.get_running_loop().run_in_executor(self._cpu_threads, self._each_group, run, "prepare")
+        self.prepare_s += time.perf_counter() - started
+        return run
+
+    async def _core_run(self, run: _Run) -> _Run:
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self._model_thread, self._each_group, run, "core")
+        elapsed = time.perf_counter() - started
+        self.busy_s += elapsed
+        self.metrics.inference.observe(elapsed)
+        return run
+
+    async def _finish_run(self, run: _Run) -> list[Any]:
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self._cpu_threads, self._each_group, run, "finish")
+        results = scatter(len(run.items), [(group.indices, group.value) for group in run.groups])
         self.batches_run += 1
-        self.items_run += len(items)
-        self.metrics.batch_size.observe(sum(work_of(item) for item in items))
-        self.metrics.requests.inc(len(items))
+        self.items_run += len(run.items)
+        self.metrics.batch_size.observe(sum(work_of(item) for item in run.items))
+        self.metrics.requests.inc(len(run.items))
         images = sum(r.usage.images for r in results if isinstance(r, ModelResult))
         if images:  # Serve counters refuse increments of 0
             self.metrics.images.inc(images)
-        self.metrics.inference.observe(time.perf_counter() - started)
+        self.finish_s += time.perf_counter() - started
         return results
 
+    def _each_group(self, run: _Run, stage: str) -> None:
+        """One stage for every group of a run that has not failed (on a thread). A failing group
+        fails its own items, never the others of the run."""
+        for group in run.groups:
+            if group.failed:
+                continue
+            try:
+                with torch.inference_mode():
+                    if stage == "prepare":
+                        group.value = self.prepare(group.items)
+                    elif stage == "core":
+                        group.value = self.forward(group.items, group.value)
+                    else:
+                        group.value = self._checked(group.items, self.finish(group.items, group.value))
+            except APIError as error:
+                group.fail(error)
+            except Exception as error:
+                logger.exception("%s: a batch group of %d failed (%s)", self.spec.id, len(group.items), stage)
+                group.fail(RuntimeError(f"{self.spec.id} failed to run the request: {type(error).__name__}"))
+
     def _predict_group(self, group: list[Any]) -> list[Any]:
+        """All three stages of one group in the calling thread (tests and the benchmark's in-process loop)."""
         with torch.inference_mode():
-            outputs = self.predict(group)
+            return self._checked(group, self.predict(group))
+
+    def _checked(self, group: list[Any], outputs: list[Any]) -> list[Any]:
         if len(outputs) != len(group):
-            raise RuntimeError(f"{type(self).__name__}.predict returned {len(outputs)} results for {len(group)} items")
+            raise RuntimeError(f"{type(self).__name__} returned {len(outputs)} results for {len(group)} items")
         return outputs
 
     async def stats(self) -> dict[str, Any]:
@@ -270,6 +343,12 @@ class VisionModel(TextLimits):
             "last_image": self.last_image,
             "batches": self.batches_run,
             "items": self.items_run,
+            # seconds in the model's forward passes, and in the CPU work before and after them
+            # (on other threads): busy_s over a window's seconds is the model's busy fraction
+            "runs": self.batches_run,
+            "busy_s": self.busy_s,
+            "prepare_s": self.prepare_s,
+            "finish_s": self.finish_s,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "torch_threads": torch.get_num_threads(),

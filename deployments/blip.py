@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import AutoModelForImageTextToText
 
@@ -58,17 +59,24 @@ class Blip(VisionModel):
     def group_key(self, item: BlipItem) -> Hashable:
         return (item.prefix, item.max_new_tokens, item.num_beams)
 
-    def predict(self, items: list[BlipItem]) -> list[Generation]:
-        first = items[0]
+    def prepare(self, items: list[BlipItem]) -> Any:
         images = [item.picture.image for item in items]
-        if first.prefix:
+        if items[0].prefix:
             inputs = self.processor(images=images, text=[item.prefix for item in items], return_tensors="pt")
         else:
             inputs = self.processor(images=images, return_tensors="pt")
-        inputs = self.to_device(inputs)
+        return self.to_device(inputs)
+
+    def forward(self, items: list[BlipItem], inputs: Any) -> tuple[Any, Any]:
+        first = items[0]
         generated = self.model.generate(
             **inputs, max_new_tokens=first.max_new_tokens, num_beams=first.num_beams, do_sample=False
         )
+        return inputs, generated
+
+    def finish(self, items: list[BlipItem], outputs: tuple[Any, Any]) -> list[Generation]:
+        inputs, generated = outputs
+        first = items[0]
         prompt_tokens = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
         # Without a prefix the output still starts with the decoder's start token: not generated.
         first_new = prompt_tokens or 1

@@ -74,18 +74,24 @@ class Florence2(VisionModel):
         # request batched with others gets exactly the answer it gets alone.
         return (item.prompt, item.max_new_tokens, item.num_beams)
 
-    def predict(self, items: list[Florence2Item]) -> list[Generation]:
-        first = items[0]
+    def prepare(self, items: list[Florence2Item]) -> Any:
         inputs = self.processor(
             text=[item.prompt for item in items], images=[item.picture.image for item in items], return_tensors="pt"
         )
-        inputs = self.to_device(inputs)
+        return self.to_device(inputs)
+
+    def forward(self, items: list[Florence2Item], inputs: Any) -> tuple[Any, Any]:
+        first = items[0]
         generated = self.model.generate(
             **inputs,
             max_new_tokens=first.max_new_tokens,
             num_beams=first.num_beams,
             do_sample=False,
         )
+        return inputs, generated
+
+    def finish(self, items: list[Florence2Item], outputs: tuple[Any, Any]) -> list[Generation]:
+        inputs, generated = outputs
         texts = self.processor.batch_decode(generated, skip_special_tokens=False)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         eos = self.model.generation_config.eos_token_id

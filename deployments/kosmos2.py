@@ -63,16 +63,18 @@ class Kosmos2(VisionModel):
         # Equal prompts (and one box or none) tokenize to equal lengths, so no row needs padding.
         return (item.prompt, item.box is None, item.max_new_tokens, item.num_beams)
 
-    def predict(self, items: list[Kosmos2Item]) -> list[Generation]:
-        first = items[0]
-        boxes = None if first.box is None else [[item.box] for item in items]
+    def prepare(self, items: list[Kosmos2Item]) -> Any:
+        boxes = None if items[0].box is None else [[item.box] for item in items]
         inputs = self.processor(
             text=[item.prompt for item in items],
             images=[item.picture.image for item in items],
             bboxes=boxes,
             return_tensors="pt",
         )
-        inputs = self.to_device(inputs)
+        return self.to_device(inputs)
+
+    def forward(self, items: list[Kosmos2Item], inputs: Any) -> tuple[Any, Any]:
+        first = items[0]
         generated = self.model.generate(
             pixel_values=inputs["pixel_values"],
             input_ids=inputs["input_ids"],
@@ -82,6 +84,11 @@ class Kosmos2(VisionModel):
             num_beams=first.num_beams,
             do_sample=False,
         )
+        return inputs, generated
+
+    def finish(self, items: list[Kosmos2Item], outputs: tuple[Any, Any]) -> list[Generation]:
+        inputs, generated = outputs
+        first = items[0]
         prompt_tokens = int(inputs["input_ids"].shape[1])
         pad = self.processor.tokenizer.pad_token_id
         results = []

@@ -213,77 +213,99 @@ class Siglip2(VisionModel):
     def group_key(self, item: Any) -> Hashable:
         return (type(item).__name__, getattr(item, "max_num_patches", None))
 
-    def predict(self, items: list[Any]) -> list[ModelResult]:
-        if isinstance(items[0], TextsItem):
-            texts = [text for item in items for text in item.texts]
-            vectors, tokens = self._text_features(texts)
-            return _split(vectors, [len(item.texts) for item in items], tokens, images=False)
-        if isinstance(items[0], ImagesItem):
+    def prepare(self, items: list[Any]) -> _Inputs:
+        """The processor's tensors for one group: its images, and its texts (each distinct text once)."""
+        first = items[0]
+        if isinstance(first, TextsItem):
+            return self._texts(_Inputs(), [text for item in items for text in item.texts], unique=False)
+        if isinstance(first, ImagesItem):
             images = [picture.image for item in items for picture in item.images]
-            vectors = self._image_features(images, items[0].max_num_patches)
-            return _split(vectors, [len(item.images) for item in items], [0] * len(images), images=True)
-        if isinstance(items[0], ScoreItem):
-            return self._score(items)
-        return self._classify(items)
+            return _Inputs(images=self._pixels(images, first.max_num_patches))
+        if isinstance(first, ScoreItem):
+            inputs = _Inputs(images=self._pixels([p.image for item in items for p in item.images], first.max_num_patches))
+            return self._texts(inputs, [t for item in items for t in item.texts], unique=True)
+        inputs = _Inputs(images=self._pixels([item.image.image for item in items], first.max_num_patches))
+        return self._texts(inputs, [p for item in items for p in item.prompts], unique=True)
+
+    def forward(self, items: list[Any], inputs: _Inputs) -> _Inputs:
+        if inputs.images is not None:
+            inputs.image_vectors = _normalise(self.model.get_image_features(**inputs.images).pooler_output)
+        if inputs.texts is not None:
+            inputs.text_vectors = _normalise(self.model.get_text_features(**inputs.texts).pooler_output)
+        return inputs
+
+    def finish(self, items: list[Any], inputs: _Inputs) -> list[ModelResult]:
+        first = items[0]
+        if isinstance(first, TextsItem):
+            return _split(inputs.text_vectors, [len(item.texts) for item in items], inputs.tokens, images=False)
+        if isinstance(first, ImagesItem):
+            sizes = [len(item.images) for item in items]
+            return _split(inputs.image_vectors, sizes, [0] * sum(sizes), images=True)
+        if isinstance(first, ScoreItem):
+            return self._score(items, inputs)
+        return self._classify(items, inputs)
 
     def _probabilities(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         """SigLIP's sigmoid match probability for every (image, text) pair."""
         logits = images @ texts.T * self.model.logit_scale.float().exp() + self.model.logit_bias.float()
         return torch.sigmoid(logits)
 
-    def _text_rows(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, int], list[int]]:
-        unique = list(dict.fromkeys(texts))
-        vectors, tokens = self._text_features(unique)
-        return vectors, {text: i for i, text in enumerate(unique)}, tokens
-
-    def _score(self, items: list[ScoreItem]) -> list[dict[str, Any]]:
-        pictures = [picture.image for item in items for picture in item.images]
-        image_vectors = self._image_features(pictures, items[0].max_num_patches)
-        text_vectors, row, tokens = self._text_rows([t for item in items for t in item.texts])
+    def _score(self, items: list[ScoreItem], inputs: _Inputs) -> list[Scores]:
         results, start = [], 0
         for item in items:
-            images = image_vectors[start : start + len(item.images)]
+            images = inputs.image_vectors[start : start + len(item.images)]
             start += len(item.images)
-            columns = [row[t] for t in item.texts]
+            columns = [inputs.rows[t] for t in item.texts]
             results.append(
                 Scores(
-                    scores=self._probabilities(images, text_vectors[columns]).tolist(),
-                    usage=Usage(images=len(item.images), prompt_tokens=sum(tokens[c] for c in columns)),
+                    scores=self._probabilities(images, inputs.text_vectors[columns]).tolist(),
+                    usage=Usage(images=len(item.images), prompt_tokens=sum(inputs.tokens[c] for c in columns)),
                 )
             )
         return results
 
-    def _classify(self, items: list[ClassifyItem]) -> list[dict[str, Any]]:
-        image_vectors = self._image_features([item.image.image for item in items], items[0].max_num_patches)
-        text_vectors, row, tokens = self._text_rows([p for item in items for p in item.prompts])
+    def _classify(self, items: list[ClassifyItem], inputs: _Inputs) -> list[Classification]:
         results = []
-        for image_vector, item in zip(image_vectors, items):
-            columns = [row[p] for p in item.prompts]
-            probabilities = self._probabilities(image_vector[None], text_vectors[columns])[0].tolist()
+        for image_vector, item in zip(inputs.image_vectors, items):
+            columns = [inputs.rows[p] for p in item.prompts]
+            probabilities = self._probabilities(image_vector[None], inputs.text_vectors[columns])[0].tolist()
             ranked = sorted(zip(item.labels, probabilities), key=lambda pair: -pair[1])
-            results.append(
-                Classification(labels=ranked, usage=Usage(images=1, prompt_tokens=sum(tokens[c] for c in columns)))
-            )
+            usage = Usage(images=1, prompt_tokens=sum(inputs.tokens[c] for c in columns))
+            results.append(Classification(labels=ranked, usage=usage))
         return results
 
-    def _image_features(self, images: list[Image.Image], max_num_patches: int) -> torch.Tensor:
-        inputs = self.processor(images=images, max_num_patches=max_num_patches, return_tensors="pt")
-        inputs = self.to_device(inputs)
-        output = self.model.get_image_features(**inputs)
-        return _normalise(output.pooler_output)
+    def _pixels(self, images: list[Any], max_num_patches: int) -> Any:
+        return self.to_device(self.processor(images=images, max_num_patches=max_num_patches, return_tensors="pt"))
 
-    def _text_features(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        inputs = self.processor(
+    def _texts(self, inputs: _Inputs, texts: list[str], unique: bool) -> _Inputs:
+        """Tokenized texts (padded to `text_max_length`, as trained) with each row's token count;
+        `unique`: each distinct text once, `rows` mapping a text to its row."""
+        if unique:
+            texts = list(dict.fromkeys(texts))
+            inputs.rows = {text: i for i, text in enumerate(texts)}
+        tokenized = self.processor(
             text=texts,
             padding="max_length",
             max_length=self.options.text_max_length,
             truncation=True,
             return_tensors="pt",
-        ).to(self.device)
-        output = self.model.get_text_features(**inputs)
+        )
         pad = self.processor.tokenizer.pad_token_id
-        tokens = (inputs["input_ids"] != pad).sum(dim=1).tolist()
-        return _normalise(output.pooler_output), tokens
+        inputs.tokens = (tokenized["input_ids"] != pad).sum(dim=1).tolist()
+        inputs.texts = tokenized.to(self.device)
+        return inputs
+
+
+@dataclass
+class _Inputs:
+    """One group's way through the stages: the processor's tensors, then the model's vectors."""
+
+    images: Any = None
+    texts: Any = None
+    rows: dict[str, int] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+    image_vectors: torch.Tensor | None = None
+    text_vectors: torch.Tensor | None = None
 
 
 def _normalise(vectors: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from deployments.batching import Coalescer, run_groups, scatter, take
+from deployments.batching import Coalescer, RunStages, run_groups, scatter, take
 
 
 def test_items_that_wait_while_the_model_runs_share_the_next_run():
@@ -152,3 +152,91 @@ def test_scatter_refuses_a_group_that_lost_or_gained_results():
     planned = run_groups(["a", "b", "a"], key=lambda item: item)
     with pytest.raises(RuntimeError, match="2 items gave 1 results"):
         scatter(3, [(planned[0][0], ["A"]), (planned[1][0], ["B"])])
+
+
+# ----- the stages: the next run is prepared, and the last one finished, while the model runs -----
+
+
+def test_the_next_run_is_prepared_and_the_last_finished_while_the_model_runs():
+    """Each stage waits for a sign that only overlapping stages can give: run 1's model call ends
+    only once run 2 is being prepared, and run 1 is finished only once run 2 is in the model. Run
+    one after another, the stages would never see those signs (bounded by a timeout)."""
+    log: list[str] = []
+    second_prepared = asyncio.Event()
+    second_in_core = asyncio.Event()
+
+    async def prepare(items: list[int]) -> list[int]:
+        log.append(f"prepare {items}")
+        if items[0] == 2:
+            second_prepared.set()
+        return items
+
+    async def core(items: list[int]) -> list[int]:
+        log.append(f"core {items}")
+        if items[0] == 1:
+            await asyncio.wait_for(second_prepared.wait(), 5)
+        else:
+            second_in_core.set()
+        return items
+
+    async def finish(items: list[int]) -> list[int]:
+        if items[0] == 1:
+            await asyncio.wait_for(second_in_core.wait(), 5)
+        log.append(f"finish {items}")
+        return [item * 10 for item in items]
+
+    async def scenario():
+        coalescer = Coalescer(RunStages(prepare, core, finish), max_work=1)
+        return await asyncio.gather(coalescer.run([1]), coalescer.run([2]))
+
+    assert asyncio.run(scenario()) == [[10], [20]]
+    assert log.index("prepare [2]") < log.index("finish [1]")
+    assert log.index("core [2]") < log.index("finish [1]")
+
+
+def test_only_one_run_is_in_the_model_at_a_time():
+    inside = 0
+    most = 0
+
+    async def core(items: list[int]) -> list[int]:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0.01)
+        inside -= 1
+        return items
+
+    async def slow_finish(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.03)  # longer than a model run: finishes pile up, model runs must not
+        return items
+
+    async def scenario():
+        coalescer = Coalescer(RunStages(_same, core, slow_finish), max_work=2)
+        return await asyncio.gather(*(coalescer.run([i]) for i in range(12)))
+
+    assert asyncio.run(scenario()) == [[i] for i in range(12)]
+    assert most == 1
+
+
+def test_a_stage_that_fails_fails_only_its_own_run():
+    async def prepare(items: list[int]) -> list[int]:
+        if 3 in items:
+            raise ValueError("bad input")
+        return items
+
+    async def finish(items: list[int]) -> list[int]:
+        if 5 in items:
+            raise KeyError("bad output")
+        return items
+
+    async def scenario():
+        coalescer = Coalescer(RunStages(prepare, _same, finish), max_work=1)
+        return await asyncio.gather(*(coalescer.run([i]) for i in range(7)))
+
+    results = asyncio.run(scenario())
+    assert isinstance(results[3][0], ValueError) and isinstance(results[5][0], KeyError)
+    assert [r[0] for i, r in enumerate(results) if i not in (3, 5)] == [0, 1, 2, 4, 6]
+
+
+async def _same(value):
+    return value

@@ -117,3 +117,38 @@ def test_results_say_when_their_replica_became_ready(siglip):
     assert result.replica_ready_at == siglip.ready_at > 0
     assert was_cold(siglip.ready_at - 1, result) is True  # arrived before the replica was ready: it waited
     assert was_cold(siglip.ready_at + 1, result) is False
+
+
+def test_concurrent_calls_run_through_the_stages_and_account_the_models_time(siglip, florence):
+    """Calls of different kinds at once share runs where they can, each answered as when alone,
+    and the replica counts seconds in the model and in the CPU stages around it (its busy fraction)."""
+    texts = ["a cat", "a red square", "two dogs"]
+    image = probe_image(photo((640, 480)), ImageLimits(), "image")
+    before = run(siglip.stats())
+
+    async def together():
+        return await asyncio.gather(
+            *(siglip.run(EmbedTextsCall(texts=(t,))) for t in texts),
+            siglip.run(EmbedImagesCall(images=(image, image))),
+        )
+
+    *text_results, images = run(together())
+    alone = run(siglip.run(EmbedTextsCall(texts=tuple(texts))))
+    assert np.allclose(np.concatenate([r.vectors for r in text_results]), alone.vectors, atol=1e-5)
+    assert images.vectors.shape[0] == 2 and images.usage.images == 2
+    after = run(siglip.stats())
+    assert after["runs"] > before["runs"]
+    for key in ("busy_s", "prepare_s", "finish_s"):
+        assert after[key] > before[key], key
+
+    # a generative family: a failing item (a broken prompt) fails alone; the other is answered
+    good = run(florence.accept(GenerateCall(image=image, task="caption")))
+    bad = run(florence.accept(GenerateCall(image=image, task="object-detection")))
+    bad.prompt = None  # the processor cannot tokenize it: the group fails in `prepare`
+
+    async def mixed():
+        return await asyncio.gather(florence.submit(good), florence.submit(bad), return_exceptions=True)
+
+    answered, failed = run(mixed())
+    assert answered.task == "caption" and answered.usage.images == 1
+    assert isinstance(failed, RuntimeError) and "failed to run the request" in str(failed)

@@ -15,7 +15,7 @@ from transformers import BlipConfig, Florence2Config, Kosmos2Config, Siglip2Conf
 from deployments.blip import Blip, BlipItem
 from deployments.florence2 import Florence2, Florence2Item
 from deployments.kosmos2 import Kosmos2, Kosmos2Item
-from deployments.siglip2 import Siglip2
+from deployments.siglip2 import Siglip2, TextsItem
 from deployments.base import Picture
 from families.registry import family_of
 from serve.errors import APIError
@@ -128,8 +128,9 @@ def test_counted_prompts_match_what_the_models_read(florence, kosmos, blip):
 
 def test_siglip_counts_match_the_tokens_it_reports(siglip):
     texts = ["a cat", "This is a photo of a red square."]
-    with torch.inference_mode():
-        _, reported = siglip._text_features(texts)
+    results = siglip._predict_group([TextsItem(texts)])
+    reported = [r.usage.prompt_tokens for r in siglip._predict_group([TextsItem([t]) for t in texts])]
+    assert results[0].usage.prompt_tokens == sum(reported)
     assert siglip.token_counts(texts) == reported
 
 
@@ -212,7 +213,7 @@ def test_siglip_text_at_the_limit_is_read_whole_and_one_more_is_refused(siglip):
     fits = words_for(lambda text: siglip.token_counts([text])[0], limit)
     siglip._check_texts(["a cat", fits], ["input[0]", "input[1]"])
     with torch.inference_mode():
-        assert siglip._text_features([fits])[1] == [limit]
+        assert siglip._predict_group([TextsItem([fits])])[0].usage.prompt_tokens == limit
     over = fits + " cat"
 
     error = refused(siglip.embed_texts(["a cat", over], params=["input[0]", "input[1]"]))
@@ -264,9 +265,8 @@ def test_token_counting_beside_a_padded_batch_never_breaks_the_batch(siglip):
     thread.start()
     try:
         for _ in range(300):
-            with torch.inference_mode():
-                vectors, tokens = siglip._text_features(texts)
-            assert vectors.shape[0] == len(texts) and len(tokens) == len(texts)
+            inputs = siglip.prepare([TextsItem(texts)])
+            assert inputs.texts["input_ids"].shape[0] == len(texts) and len(inputs.tokens) == len(texts)
     finally:
         stop.set()
         thread.join(timeout=30)
