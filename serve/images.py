@@ -205,40 +205,58 @@ def _is_dns_name(host: str) -> bool:
     return valid and len(host) <= 253 and not ends_in_number(host)
 
 
-async def _checked_address(target: httpx.URL, policy: HostPolicy, resolver: Resolver, param: str) -> IPAddress:
+class AddressRefused(Exception):
+    """A URL's host that must not be contacted: it did not resolve (`address` None), or one of its
+    addresses is not allowed by the policy (`address`: the first refused one)."""
+
+    def __init__(self, host: str, address: IPAddress | None) -> None:
+        super().__init__(host)
+        self.host, self.address = host, address
+
+
+async def allowed_address(target: httpx.URL, policy: HostPolicy, resolver: Resolver | None = None) -> IPAddress:
+    """The address to connect to for `target`: its host resolved (or an address literal), and
+    `AddressRefused` unless every answer is allowed by `policy` (one internal answer makes the name
+    untrustworthy). Image fetches and webhook deliveries both connect to this address, pinned."""
     host = _host_of(target)
     literal = parse_host_address(host)
     if literal is not None:
         addresses, hostname = [literal], None
     else:
-        addresses, hostname = await _resolve(host, _port_of(target), resolver, param), host
+        addresses, hostname = await _resolve(host, _port_of(target), resolver or _getaddrinfo), host
+    if not addresses:
+        raise AddressRefused(host, None)
     refused = [address for address in addresses if not policy.allows(hostname, address)]
     if refused:
-        # Refuse if any answer is internal: the name is not trustworthy.
-        logger.warning("refused image fetch from %s: resolves to %s", host, refused[0])
-        raise bad_request(
-            f"The image URL host {_clip(host)!r} resolves to an address that is not allowed "
-            "(private, loopback, link-local or otherwise non-public).",
-            param,
-            "image_url_forbidden",
-        )
+        raise AddressRefused(host, refused[0])
     return addresses[0]
 
 
-async def _resolve(host: str, port: int, resolver: Resolver, param: str) -> list[IPAddress]:
+async def _checked_address(target: httpx.URL, policy: HostPolicy, resolver: Resolver, param: str) -> IPAddress:
+    try:
+        return await allowed_address(target, policy, resolver)
+    except AddressRefused as refused:
+        if refused.address is None:
+            raise bad_request(
+                f"The image URL host {_clip(refused.host)!r} could not be resolved.", param, "image_fetch_failed"
+            ) from None
+        # Refuse if any answer is internal: the name is not trustworthy.
+        logger.warning("refused image fetch from %s: resolves to %s", refused.host, refused.address)
+        raise bad_request(
+            f"The image URL host {_clip(refused.host)!r} resolves to an address that is not allowed "
+            "(private, loopback, link-local or otherwise non-public).",
+            param,
+            "image_url_forbidden",
+        ) from None
+
+
+async def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
     try:
         answers = await resolver(host, port)
-        addresses = list(dict.fromkeys(_address_of(answer) for answer in answers))
+        return list(dict.fromkeys(_address_of(answer) for answer in answers))
     except (OSError, UnicodeError, ValueError) as exc:
-        logger.info("could not resolve image host %s: %s", host, exc)
-        addresses = []
-    if not addresses:
-        raise bad_request(
-            f"The image URL host {_clip(host)!r} could not be resolved.",
-            param,
-            "image_fetch_failed",
-        )
-    return addresses
+        logger.info("could not resolve host %s: %s", host, exc)
+        return []
 
 
 def _address_of(answer: Any) -> IPAddress:

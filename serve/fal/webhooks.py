@@ -19,12 +19,10 @@ No redirects are followed and no proxy from the environment is used.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 import httpx
 
 from serve.fal.protocol import WebhookPayload
-from serve.images import pinned_client
+from serve.images import AddressRefused, allowed_address, pinned_client
 from serve.netguard import HostPolicy, IPAddress, parse_host_address
 from serve.store import JobRecord
 
@@ -114,26 +112,15 @@ def parse_target(url: str) -> httpx.URL:
 
 async def checked_address(target: httpx.URL, policy: HostPolicy) -> IPAddress:
     """The address to POST to: resolved, and refused unless every answer is allowed by `policy`."""
-    host = target.raw_host.decode("ascii", "replace").lower().removesuffix(".")
-    literal = parse_host_address(host)
-    if literal is not None:
-        addresses, hostname = [literal], None
-    else:
-        port = target.port or (443 if target.scheme == "https" else 80)
-        try:
-            answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as error:
-            raise WebhookRefused(f"the fal_webhook host {host!r} could not be resolved ({error}).") from None
-        addresses = list(dict.fromkeys(parse_host_address(a[4][0].split("%")[0]) for a in answers))
-        hostname = host
-        if not addresses or None in addresses:
-            raise WebhookRefused(f"the fal_webhook host {host!r} could not be resolved.")
-    if any(not policy.allows(hostname, address) for address in addresses):
+    try:
+        return await allowed_address(target, policy)
+    except AddressRefused as refused:
+        if refused.address is None:
+            raise WebhookRefused(f"the fal_webhook host {refused.host!r} could not be resolved.") from None
         raise WebhookRefused(
-            f"the fal_webhook host {host!r} resolves to an address that is not allowed (private, loopback,"
+            f"the fal_webhook host {refused.host!r} resolves to an address that is not allowed (private, loopback,"
             " link-local or otherwise non-public); an operator may allow it with images.allow_hosts."
-        )
-    return addresses[0]
+        ) from None
 
 
 async def check_url(url: str, policy: HostPolicy) -> None:
