@@ -9,8 +9,8 @@ A family module subclasses `VisionModel`, names its descriptor (`families/`), an
 - `predict(items)` runs one group (blocking, off the event loop) and returns one `ModelResult` each;
 - optionally `split(item, max_work)` / `join(item, results)` for items worth more work than a run takes.
 
-Callers use `run(call)` (the gateway) or the keyword methods below (other Serve apps' handles);
-batching never appears in family code.
+Callers use `run(call)` or `stream(call)` (the gateway; token streaming in `deployments.streaming`)
+or the keyword methods below (other Serve apps' handles); batching never appears in family code.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +33,7 @@ from transformers import AutoProcessor
 from deployments.batching import Coalescer, RunStages, run_groups, scatter, work_of
 from deployments.metrics import ModelMetrics
 from deployments.preload import PRELOADED_AT_ENV
+from deployments.streaming import Streaming, TokenSink
 from deployments.text_limits import TextLimits
 from families.base import HANDLE_NAMES, Family, InputNames, Task, check_task_input
 from families.registry import register
@@ -43,6 +44,7 @@ from serve.contract import (
     EmbedTextsCall,
     EncodedImage,
     GenerateCall,
+    GenerationDelta,
     ModelCall,
     ModelResult,
     Region,
@@ -107,7 +109,7 @@ class _Queued:
         return work_of(self.item)
 
 
-class VisionModel(TextLimits):
+class VisionModel(TextLimits, Streaming):
     """One loaded model behind a Serve deployment; subclasses hold the family's model code."""
 
     descriptor: Family
@@ -135,6 +137,8 @@ class VisionModel(TextLimits):
         # Request checks tokenize on their own copy of the processor, one at a time (see `counting`).
         self._counter = copy.deepcopy(getattr(self, "processor", None))
         self._count_lock = threading.Lock()
+        # Streamed answers are decoded on the model's thread with a copy of their own (see `Streaming`).
+        self.stream_tokenizer = copy.deepcopy(getattr(getattr(self, "processor", None), "tokenizer", None))
         self.batches_run = 0
         self.items_run = 0
         self.metrics = ModelMetrics(self.spec.id)
@@ -203,6 +207,29 @@ class VisionModel(TextLimits):
         item = await self.accept(call)
         result = await self.submit(item)
         return replace(result, replica_ready_at=self.ready_at)
+
+    async def stream(self, call: GenerateCall) -> AsyncIterator[GenerationDelta | ModelResult]:
+        """Run one generate call like `run`, yielding its text as the model makes it
+        (`GenerationDelta`s), then the whole `Generation`. An answer that cannot stream token by
+        token (beam search, structured results) comes as the `Generation` alone. If the caller stops
+        reading, its text is dropped and the batch goes on for the others."""
+        item = await self.accept(call)
+        sink = TokenSink() if self.streams(item) else None
+        if sink is not None:
+            item.sink = sink
+        result = asyncio.ensure_future(self.submit(item))
+        try:
+            if sink is not None:
+                async for text in sink.texts(result):
+                    yield GenerationDelta(text, replica_ready_at=self.ready_at)
+            yield replace(await result, replica_ready_at=self.ready_at)
+        finally:
+            if sink is not None:
+                sink.close()
+            if not result.done():
+                result.cancel()
+            elif not result.cancelled():
+                result.exception()  # retrieved: a failure the caller did not wait for is not logged again
 
     async def generate(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import AutoModelForImageTextToText
 
 from deployments.base import Picture, VisionModel
+from deployments.streaming import TokenSink
 from families.base import check_task_input
 from families.blip import BLIP
 from serve.contract import GenerateCall, Generation, ModelCall, Usage
@@ -21,6 +22,7 @@ class BlipItem:
     prefix: str
     max_new_tokens: int
     num_beams: int
+    sink: TokenSink | None = None  # set when the caption streams token by token
 
 
 class Blip(VisionModel):
@@ -70,9 +72,17 @@ class Blip(VisionModel):
     def forward(self, items: list[BlipItem], inputs: Any) -> tuple[Any, Any]:
         first = items[0]
         generated = self.model.generate(
-            **inputs, max_new_tokens=first.max_new_tokens, num_beams=first.num_beams, do_sample=False
+            **inputs,
+            max_new_tokens=first.max_new_tokens,
+            num_beams=first.num_beams,
+            do_sample=False,
+            streamer=self.streamer(items),
         )
         return inputs, generated
+
+    def streams(self, item: BlipItem) -> bool:
+        # Captions are text (a conditional one starts with its prefix); a streamer cannot follow beams.
+        return item.num_beams == 1
 
     def finish(self, items: list[BlipItem], outputs: tuple[Any, Any]) -> list[Generation]:
         inputs, generated = outputs

@@ -12,6 +12,7 @@ from typing import Any
 from transformers import AutoModelForImageTextToText
 
 from deployments.base import Picture, VisionModel
+from deployments.streaming import TokenSink
 from families.base import Task
 from families.florence2 import FLORENCE2
 from serve.contract import Generation, ModelCall, Region, Usage
@@ -30,6 +31,7 @@ class Florence2Item:
     prompt: str
     max_new_tokens: int
     num_beams: int
+    sink: TokenSink | None = None  # set when the answer streams token by token
 
 
 class Florence2(VisionModel):
@@ -87,8 +89,21 @@ class Florence2(VisionModel):
             max_new_tokens=first.max_new_tokens,
             num_beams=first.num_beams,
             do_sample=False,
+            streamer=self.streamer(items),
         )
         return inputs, generated
+
+    def streams(self, item: Florence2Item) -> bool:
+        # Plain-text tasks (captions, OCR, region descriptions) under greedy search: a streamer
+        # cannot follow beams, and boxes or polygons mean nothing until the whole answer is parsed.
+        kind = self.processor.tasks_answer_post_processing_type.get(item.task.prompt, "pure_text")
+        return item.num_beams == 1 and kind == "pure_text"
+
+    def answer_text(self, item: Florence2Item, ids: list[int]) -> str:
+        # As `finish` cleans a text answer (the processor's plain-text parsing uses no tokenizer).
+        raw = self.stream_tokenizer.decode(ids, skip_special_tokens=False)
+        parsed = self.processor.post_process_generation(raw, task=item.task.prompt, image_size=item.picture.size)
+        return without_tokens(to_fal(parsed[item.task.prompt]), self.stream_tokenizer.all_special_tokens)
 
     def finish(self, items: list[Florence2Item], outputs: tuple[Any, Any]) -> list[Generation]:
         inputs, generated = outputs
@@ -125,10 +140,15 @@ def parse_answer(processor: Any, raw: str, task_prompt: str, size: tuple[int, in
     """Decoded Florence-2 output -> the task's result in fal.ai's shapes, in pixels of the input image."""
     result = to_fal(processor.post_process_generation(raw, task=task_prompt, image_size=size)[task_prompt])
     if isinstance(result, str):
-        for token in processor.tokenizer.all_special_tokens:
-            result = result.replace(token, "")
-        result = result.strip()
+        result = without_tokens(result, processor.tokenizer.all_special_tokens)
     return result
+
+
+def without_tokens(text: str, tokens: list[str]) -> str:
+    """A text answer without these (special) tokens, trimmed."""
+    for token in tokens:
+        text = text.replace(token, "")
+    return text.strip()
 
 
 def to_fal(parsed: Any) -> Any:

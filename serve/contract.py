@@ -163,12 +163,14 @@ class Scores(ModelResult):
 class GenerationDelta:
     """A piece of a streamed answer's text (a replica's `stream` method yields these in order, as
     the tokens are made, then one `Generation`: the whole answer with its usage). The pieces joined
-    are the final `Generation.text`, except trailing whitespace the final answer trims."""
+    are the final `Generation.text`, except trailing whitespace the final answer trims.
+    `replica_ready_at` as in `ModelResult`: a stream's first piece tells whether it waited for a start."""
 
     text: str
+    replica_ready_at: float = 0.0
 
 
-def was_cold(arrived_at: float, result: ModelResult) -> bool:
+def was_cold(arrived_at: float, result: ModelResult | GenerationDelta) -> bool:
     """Whether a call waited through its replica's start: the replica became ready after the call
     arrived (wall-clock times; a result without a ready time never counts as cold)."""
     return result.replica_ready_at > arrived_at

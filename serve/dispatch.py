@@ -2,7 +2,8 @@
 
 Transport-free: HTTP routes, job runners and the web pages reach the models only through
 `Dispatcher.call`, which returns the replica's typed result and whether the call waited through a
-start. All error outcomes are `APIError`s.
+start, or `Dispatcher.stream`, which returns a generate call's answer as the replica streams it.
+All error outcomes are `APIError`s.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -19,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.config import GatewayConfig, ModelSpec
 from serve.context import CallerContext
-from serve.contract import ModelCall, ModelResult, was_cold
+from serve.contract import GenerateCall, GenerationDelta, ModelCall, ModelResult, was_cold
 from serve.control import ControlPlane
 from serve.errors import APIError, find_api_error, model_unavailable
 
@@ -38,6 +40,9 @@ class ResponseCancelled(Exception):
 # Errors that mean the replica a call was sent to is gone. Model calls are idempotent, so such a
 # call is sent once more (to another replica, or the replacement) before it fails.
 REPLICA_LOST = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, ResponseCancelled)
+
+# A sent call: Serve's response (to cancel) and what to wait for (its result, or a stream's first item).
+Sent = tuple[Any, Awaitable[Any]]
 
 
 class Dispatcher:
@@ -62,6 +67,40 @@ class Dispatcher:
         its cold-start timeout passes (504), rather than shed. The caller's deadline, if any, caps
         every wait.
         """
+        _, result, _ = await self._send(spec, context, lambda: self._unary(spec, call))
+        return result, self._was_cold(context, result)
+
+    async def stream(self, spec: ModelSpec, call: GenerateCall, context: CallerContext) -> ModelStream:
+        """Run `call` on the model's `stream` method: the answer's text as the replica makes it, then
+        the whole `Generation` (see `ModelStream`).
+
+        Returned once the first item has arrived. Until then everything is as in `call` (cold-start
+        waits, the model's state, a full queue, one resend when the replica is lost, the deadline),
+        so an error before the stream starts is raised here. The whole stream has the deadline the
+        first item had.
+        """
+        response, first, deadline = await self._send(spec, context, lambda: self._streaming(spec, call))
+        return ModelStream(spec, response, first, self._was_cold(context, first), deadline, self.control)
+
+    def _unary(self, spec: ModelSpec, call: ModelCall) -> Sent:
+        response = self.handles[spec.id].run.remote(call)
+        return response, response
+
+    def _streaming(self, spec: ModelSpec, call: GenerateCall) -> Sent:
+        response = self.handles[spec.id].options(stream=True).stream.remote(call)
+        return response, _first_item(response)
+
+    def _was_cold(self, context: CallerContext, first: ModelResult | GenerationDelta) -> bool:
+        cold = was_cold(context.arrived_at, first)
+        if cold:  # the state polled while waiting says "starting": don't let listings show that
+            self.control.states.invalidate()
+        return cold
+
+    async def _send(
+        self, spec: ModelSpec, context: CallerContext, send: Callable[[], Sent]
+    ) -> tuple[Any, Any, float]:
+        """`send` the call until its result (or first item) arrives, as `call` describes:
+        (Serve's response, the result or first item, the deadline it was waited for by)."""
         states = self.control.states
         running, state, reason = await states.describe(spec.deployment_name, fresh=False)
         if state == "unavailable":
@@ -74,12 +113,12 @@ class Dispatcher:
         while True:
             response = None
             try:
-                response = self.handles[spec.id].run.remote(call)
-                result = await self._wait(spec, response, deadline)
-                cold = was_cold(context.arrived_at, result)
-                if cold:  # the state polled while waiting says "starting": don't let listings show that
-                    states.invalidate()
-                return result, cold
+                response, first = send()
+                return response, await self._wait(spec, first, deadline), deadline
+            except asyncio.CancelledError:  # the caller left
+                if response is not None:
+                    response.cancel()
+                raise
             except TimeoutError:
                 if response is not None:
                     response.cancel()
@@ -115,11 +154,7 @@ class Dispatcher:
             except APIError:
                 raise
             except Exception as error:
-                api_error = find_api_error(error)
-                if api_error is not None:
-                    raise api_error
-                logger.error("model %s failed: %s", spec.id, error)
-                raise APIError(500, f"The model '{spec.id}' failed to process the request.", type="server_error")
+                raise _failed(spec, error) from None
 
     @staticmethod
     def _deadline(timeout: float, context: CallerContext) -> float:
@@ -155,6 +190,95 @@ class Dispatcher:
                 _, state, reason = await self.control.states.describe(spec.deployment_name)
                 if state == "unavailable":
                     raise model_unavailable(spec.id, reason)
+        finally:
+            if not task.done():
+                task.cancel()
+
+
+def _failed(spec: ModelSpec, error: Exception) -> APIError:
+    """The APIError a replica raised, else a 500 that says no more than that the model failed."""
+    api_error = find_api_error(error)
+    if api_error is not None:
+        return api_error
+    logger.error("model %s failed: %s", spec.id, error)
+    return APIError(500, f"The model '{spec.id}' failed to process the request.", type="server_error")
+
+
+_END = object()
+
+
+async def _next_item(response: Any) -> Any:
+    """The next item of a streaming response, or _END."""
+    try:
+        return await response.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+async def _first_item(response: Any) -> Any:
+    item = await _next_item(response)
+    if item is _END:
+        raise RuntimeError("the model's stream ended before its answer")
+    return item
+
+
+class ModelStream:
+    """A generate call streamed from its replica (`Dispatcher.stream`), opened by its first item.
+
+    Iterating yields that item, then the rest as the replica sends them: `GenerationDelta`s, then
+    one `Generation`. After the first item the call is never sent again (what came is already the
+    caller's): a replica lost, a failure or the deadline mid-stream ends the iteration with an
+    `APIError`. A stream left before its end is cancelled on the replica.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, response: Any, first: Any, cold: bool, deadline: float, control: ControlPlane
+    ) -> None:
+        self.spec = spec
+        self.cold = cold
+        self.first = first
+        self._response = response
+        self._deadline = deadline
+        self._control = control
+
+    async def __aiter__(self) -> AsyncIterator[GenerationDelta | ModelResult]:
+        ended = False
+        try:
+            yield self.first
+            while True:
+                item = await self._next()
+                if item is _END:
+                    ended = True
+                    return
+                yield item
+        finally:
+            if not ended:
+                self._response.cancel()
+
+    async def _next(self) -> Any:
+        spec = self.spec
+        task = asyncio.ensure_future(_next_item(self._response))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, self._deadline - time.monotonic()))
+            if not done:
+                raise APIError(
+                    504,
+                    f"The model '{spec.id}' did not finish its answer in time.",
+                    type="timeout_error",
+                    code="model_timeout",
+                )
+            if task.cancelled():  # not by this call (that would have cancelled the wait itself)
+                raise ResponseCancelled(spec.id)
+            return task.result()
+        except REPLICA_LOST as error:
+            logger.warning("model %s: replica lost while streaming: %s", spec.id, type(error).__name__)
+            self._control.replica_lost(spec.deployment_name)
+            lost = model_unavailable(spec.id, "its replica stopped while streaming the answer", retry_after_s=5)
+            raise lost from None
+        except APIError:
+            raise
+        except Exception as error:
+            raise _failed(spec, error) from None
         finally:
             if not task.done():
                 task.cancel()

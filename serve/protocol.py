@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from serve.errors import bad_request
+from serve.errors import APIError, bad_request, error_body
+
+logger = logging.getLogger("gigarouter.protocol")
 
 
 class Request(BaseModel):
@@ -373,18 +378,54 @@ def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str
     return vector.tolist()
 
 
-async def chat_stream(completion: ChatCompletion, include_usage: bool):
-    """The finished completion as OpenAI chat.completion.chunk events, ending in [DONE]."""
-    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": completion.model}
-    choice = completion.choices[0]
-    yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-    for piece in text_pieces(choice.message.content):
-        yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-    final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.finish_reason}]}
-    final["vision"] = completion.vision.model_dump()
-    yield sse(final)
-    if include_usage:
-        yield sse({**base, "choices": [], "usage": completion.usage.model_dump()})
+@dataclass
+class ChatStream:
+    """A chat answer as the model makes it: `pieces` yields its text in pieces (`str`), then the
+    whole `ChatCompletion`, whose text the pieces begin (what they lack comes with the end: all of
+    it for a structured answer). A failure after the first piece is raised as an `APIError`."""
+
+    model: str
+    pieces: AsyncIterator[str | ChatCompletion]
+    id: str = field(default_factory=completion_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+async def chat_stream(stream: ChatStream, include_usage: bool) -> AsyncIterator[str]:
+    """The answer as OpenAI chat.completion.chunk events: the role, one chunk per piece of text,
+    the finish reason with the `vision` result, the usage if asked for, then [DONE]. A failure
+    mid-stream is one event in the error envelope (`{"error": {...}}`) before [DONE]."""
+    base = {"id": stream.id, "object": "chat.completion.chunk", "created": stream.created, "model": stream.model}
+
+    def chunk(delta: dict[str, Any]) -> str:
+        return sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    sent = ""
+    try:
+        async for piece in stream.pieces:
+            if isinstance(piece, str):
+                sent += piece
+                yield chunk({"content": piece})
+                continue
+            choice = piece.choices[0]
+            text = choice.message.content
+            if not text.startswith(sent):  # pieces are best effort; the final chunk's `vision` is the answer
+                logger.warning("%s: the streamed text is not the start of the final answer", stream.model)
+            elif len(text) > len(sent):  # the rest, or all of a structured answer
+                for rest in text_pieces(text[len(sent) :]):
+                    yield chunk({"content": rest})
+            final = {"index": 0, "delta": {}, "finish_reason": choice.finish_reason}
+            yield sse({**base, "choices": [final], "vision": piece.vision.model_dump()})
+            if include_usage:
+                yield sse({**base, "choices": [], "usage": piece.usage.model_dump()})
+            break
+        else:
+            raise RuntimeError("the stream ended before the whole answer")
+    except APIError as error:
+        yield sse(error.body())
+    except Exception:
+        logger.exception("%s: a streamed answer failed", stream.model)
+        yield sse(error_body(f"The model '{stream.model}' failed to finish the answer.", "server_error"))
     yield sse("[DONE]")
 
 

@@ -2,15 +2,18 @@
 
 Each takes a typed request (the pydantic models of `serve.protocol`) and a `CallerContext`, and
 returns `Served`: the typed response body, the typed `Usage` of the call, and whether it waited
-through a model's start. HTTP routes (`serve/routers/`) only parse and render around these; job
-runners, batch files and the web pages call them directly. Errors are `APIError`s.
+through a model's start (a streamed answer: `Streamed`, its usage recorded when it ends). HTTP
+routes (`serve/routers/`) only parse and render around these; job runners, batch files and the web
+pages call them directly. Errors are `APIError`s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar, get_args
+from typing import Any, Generic, TypeVar, get_args
 
 import numpy as np
 
@@ -26,6 +29,8 @@ from serve.contract import (
     EmbedTextsCall,
     EncodedImage,
     GenerateCall,
+    Generation,
+    GenerationDelta,
     ModelCall,
     ModelResult,
     Region,
@@ -45,6 +50,7 @@ from serve.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     ChatMessageOut,
+    ChatStream,
     ClassificationRequest,
     ClassificationResponse,
     Embedding,
@@ -76,6 +82,37 @@ class Served(Generic[T]):
     body: T
     usage: Usage
     cold: bool = False
+
+
+@dataclass
+class Streamed(Generic[T]):
+    """A streamed answer: its body (which yields the answer as it is made), and whether it waited
+    for a start. Usage is recorded once the model's answer is complete, whether or not it was read."""
+
+    body: T
+    cold: bool = False
+
+
+class ResultStream:
+    """A metered model call streamed (`GatewayService.stream`): iterating yields the replica's items
+    (`GenerationDelta`s, then the `Generation`); a failure after the first item ends the iteration
+    with an `APIError`.
+
+    The replica's stream is read to its end by a task of its own, so that a caller who stops early
+    (a client that disconnects) leaves the call to finish and its usage to be recorded."""
+
+    def __init__(self, cold: bool, items: asyncio.Queue) -> None:
+        self.cold = cold
+        self._items = items
+
+    async def __aiter__(self) -> AsyncIterator[GenerationDelta | ModelResult]:
+        while (item := await self._items.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+_END = object()
 
 
 # The catalog page's filters, in this order.
@@ -132,6 +169,7 @@ class GatewayService:
         self.control = control
         self.store = store
         self.accounts = accounts
+        self._streams: set[asyncio.Task] = set()  # held: a task nobody references may be collected
 
     def meter(self, context: CallerContext, spec: ModelSpec, endpoint: str, task: str | None, images: int):
         """Admission and the usage row of one model call (`serve.metering.metered`)."""
@@ -146,6 +184,56 @@ class GatewayService:
             result, cold = await self.dispatcher.call(spec, call, context)
             meter.usage = result.usage
         return result, cold
+
+    async def stream(self, spec: ModelSpec, call: GenerateCall, context: CallerContext, endpoint: str) -> ResultStream:
+        """One metered generate call, streamed: returned once its first item has arrived (an error
+        before that is raised here, as from `call`); its usage is recorded once, from the final
+        `Generation`, when the replica has sent it."""
+        opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        # Read in a context of its own: Serve (and Ray under it) cancel the calls made in a request's
+        # context when its client goes away, and this one must run to its end to be metered. It is
+        # cancelled here if the caller leaves before the answer begins.
+        reading = self._read_stream(spec, call, context, endpoint, opened, items)
+        reader = asyncio.create_task(reading, context=contextvars.Context())
+        self._streams.add(reader)
+        reader.add_done_callback(self._streams.discard)
+        try:
+            cold = await opened
+        except asyncio.CancelledError:  # the caller left before the answer began: so does the call
+            reader.cancel()
+            raise
+        return ResultStream(cold, items)
+
+    async def _read_stream(
+        self,
+        spec: ModelSpec,
+        call: GenerateCall,
+        context: CallerContext,
+        endpoint: str,
+        opened: asyncio.Future[bool],
+        items: asyncio.Queue[Any],
+    ) -> None:
+        """Admit, open and read one streamed call to its end into `items`, metered like `call`."""
+        try:
+            async with self.meter(context, spec, endpoint, call.task, 1) as meter:
+                stream = await self.dispatcher.stream(spec, call, context)
+                if not opened.done():
+                    opened.set_result(stream.cold)
+                async for item in stream:
+                    if isinstance(item, ModelResult):
+                        meter.usage = item.usage
+                    items.put_nowait(item)
+        except asyncio.CancelledError:
+            opened.cancel()
+            raise
+        except Exception as error:  # an APIError, already recorded by the meter
+            if opened.done():
+                items.put_nowait(error)
+            else:
+                opened.set_exception(error)
+        finally:
+            items.put_nowait(_END)
 
     async def interest_counts(self) -> dict[str, int]:
         try:
@@ -200,6 +288,32 @@ class GatewayService:
     # ----- inference -----
 
     async def chat(self, request: ChatCompletionRequest, context: CallerContext) -> Served[ChatCompletion]:
+        spec, call = await self._chat_call(request)
+        result, cold = await self.call(spec, call, context, "chat")
+        return Served(self._completion(spec, result), result.usage, cold)
+
+    async def chat_stream(self, request: ChatCompletionRequest, context: CallerContext) -> Streamed[ChatStream]:
+        """A chat answer streamed: text answers token by token as the model makes them, structured
+        ones at the end. Errors before the answer begins are raised; later ones end the stream."""
+        spec, call = await self._chat_call(request)
+        results = await self.stream(spec, call, context, "chat")
+        return Streamed(ChatStream(model=spec.id, pieces=self._chat_pieces(spec, results)), results.cold)
+
+    async def _chat_pieces(self, spec: ModelSpec, results: ResultStream) -> AsyncIterator[str | ChatCompletion]:
+        async for item in results:
+            yield item.text if isinstance(item, GenerationDelta) else self._completion(spec, item)
+
+    @staticmethod
+    def _completion(spec: ModelSpec, result: Generation) -> ChatCompletion:
+        return ChatCompletion(
+            model=spec.id,
+            choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
+            usage=usage_body(result.usage),
+            vision=VisionResult(task=result.task, results=result.results),
+        )
+
+    async def _chat_call(self, request: ChatCompletionRequest) -> tuple[ModelSpec, GenerateCall]:
+        """The model and the generate call a chat request asks for (checked, its image fetched)."""
         spec = self.model(request.model, "chat")
         tokens_param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         # Caps are checked here, before an image is fetched or a model woken.
@@ -215,14 +329,7 @@ class GatewayService:
             num_beams=request.num_beams,
             param_names={"text": "messages", "max_new_tokens": tokens_param, "image": prompt.image_param},
         )
-        result, cold = await self.call(spec, call, context, "chat")
-        completion = ChatCompletion(
-            model=spec.id,
-            choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
-            usage=usage_body(result.usage),
-            vision=VisionResult(task=result.task, results=result.results),
-        )
-        return Served(completion, result.usage, cold)
+        return spec, call
 
     async def embeddings(self, request: EmbeddingRequest, context: CallerContext) -> Served[EmbeddingResponse]:
         spec = self.model(request.model, "embeddings")

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from serve.context import CallerContext, new_request_id
-from serve.service import GatewayService, Served
+from serve.service import GatewayService, Served, Streamed
 
 # Set by the auth middleware (serve/limits.py) in the ASGI scope's state.
 KEY_ID_STATE = "key_id"
@@ -28,7 +28,8 @@ def caller(request: Request) -> CallerContext:
     return CallerContext(request_id=request_id, key_id=state.get(KEY_ID_STATE), caller=state.get("caller"))
 
 
-def headers_of(served: Served[Any]) -> dict[str, str]:
+def headers_of(served: Served[Any] | Streamed[Any]) -> dict[str, str]:
+    """`x-cold-start: true` when the call waited for a model to start (a stream knows by its first item)."""
     return {"x-cold-start": "true"} if served.cold else {}
 
 

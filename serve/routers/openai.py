@@ -29,13 +29,13 @@ async def chat_completions(
     context: CallerContext = Depends(caller),
     gateway: GatewayService = Depends(service),
 ):
-    served = await gateway.chat(request, context)
     if request.stream:
+        streamed = await gateway.chat_stream(request, context)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return StreamingResponse(
-            chat_stream(served.body, include_usage), media_type="text/event-stream", headers=headers_of(served)
+            chat_stream(streamed.body, include_usage), media_type="text/event-stream", headers=headers_of(streamed)
         )
-    return render(served)
+    return render(await gateway.chat(request, context))
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
