@@ -19,7 +19,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # ingress replica died (serve/proxy_errors.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve.proxy_errors:middlewares
 
-.PHONY: install checkpoints postgres browser run test bench soak clean
+.PHONY: install checkpoints postgres browser run test bench bench-check soak clean
 
 install: $(VENV)/.installed
 
@@ -77,14 +77,20 @@ browser:
 test: checkpoints postgres browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The benchmark (benchmarks/run.py): ~35-40 min on 2 cores (windows of >= 10 model runs), then the photo and
-# metering benchmarks; writes benchmarks/results/latest.{json,md,png}, photo.*, metering.*.
-# Then the photo benchmark (benchmarks/photo.py, ~3 min): a 12 MP JPEG in-process and through the
-# gateway; writes benchmarks/results/photo.{md,json}. Smoke run: PHOTO_ARGS=--quick.
+# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~65 min on 2 cores, of every phase:
+# throughput (tiny model costs, SigLIP2 and BLIP against the raw loop and the peers, busy fractions),
+# photo (12 MP JPEG: SigLIP2 and Florence-2-base against the raw loop, naive server, LitServe), ttft
+# (streamed captions) and overhead (Serve's proxy, HAProxy, throughput-optimized); writes
+# benchmarks/results/latest.{json,md,png} with validity flags. Then the metering benchmark (~5 min).
+# Smoke run: BENCH_ARGS=--quick. One phase: BENCH_ARGS="--phase photo".
 bench: checkpoints
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
-	$(PY) -m benchmarks.photo $(PHOTO_ARGS)
 	$(PY) -m benchmarks.metering $(METERING_ARGS)
+
+# An independent client (plain threads, 40-second windows) against the SigLIP2 gateway; exit 1 if its
+# images/s differ from latest.json's by more than 5 %. Run after `make bench` (~4 min).
+bench-check: checkpoints
+	$(PY) -m benchmarks.check $(CHECK_ARGS)
 
 # A bounded soak (soak/run.py): 16 clients, mixed models and endpoints, coming-soon models waking and
 # sleeping, a model replica and the ingress killed midway; 10 min against its own gateway on

@@ -4,6 +4,7 @@
 window over stdin; the process answers on stdout with JSON lines:
 
     {"event": "measuring", "t": ...}      warm-up is over, the measured part begins
+    {"event": "stopped_issuing", "t": ...}  the window is over: no new requests (those in flight drain)
     {"event": "done", ...}                every request finished; the raw records
 
 A job keeps `concurrency` requests in flight, each sending the same JSON body to one URL. The
@@ -90,6 +91,8 @@ async def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -
             measuring_at = max(first_response_at, started + float(job["warmup_s"]))
             stop_issuing_at = min(deadline, measuring_at + float(job["window_s"]))
             emit({"event": "measuring", "t": measuring_at - started})
+            await asyncio.sleep(max(0.0, stop_issuing_at - time.perf_counter()))
+            emit({"event": "stopped_issuing", "t": stop_issuing_at - started})
 
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         marker = asyncio.create_task(mark_measuring())
@@ -136,8 +139,15 @@ class LoadGenerator:
     def pid(self) -> int:
         return self.process.pid
 
-    def run(self, job: dict[str, Any], on_measuring: Callable[[], None] | None = None) -> dict[str, Any]:
-        """Run one job; `on_measuring` is called when its warm-up ends. Returns the `done` message."""
+    def run(
+        self,
+        job: dict[str, Any],
+        on_measuring: Callable[[], None] | None = None,
+        on_stopped: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run one job; `on_measuring` is called when its warm-up ends, `on_stopped` when its window
+        ends (while the requests in flight drain; not when the job ended before). Returns the `done`
+        message."""
         assert self.process.stdin and self.process.stdout
         self.process.stdin.write(json.dumps(job) + "\n")
         self.process.stdin.flush()
@@ -146,6 +156,9 @@ class LoadGenerator:
             if message["event"] == "measuring":
                 if on_measuring:
                     on_measuring()
+            elif message["event"] == "stopped_issuing":
+                if on_stopped:
+                    on_stopped()
             elif message["event"] == "done":
                 return message
         raise RuntimeError(f"the load generator exited with code {self.process.wait()}")

@@ -210,3 +210,49 @@ def validity(
         "rounds": per_round,
         "ratios": {name: {"ok": not found, "reasons": found} for name, found in ratio_reasons.items()},
     }
+
+
+# ----- the model's busy fraction -----
+#
+# A model replica's `stats()` carries cumulative counters: `busy_s` (seconds in its forward passes,
+# on the model's own thread), `prepare_s` and `finish_s` (the CPU work before and after a run, on
+# other threads, overlapping the model) and `runs`. Their change over a window, divided by the
+# window's wall seconds, is the share of the window the model computed (or its helpers worked): at
+# the headline concurrency a batching server should keep the model busy nearly all the time.
+
+BUSY_TARGET = 0.95
+"""The model's busy fraction a served system should reach at the headline concurrency."""
+BUSY_KEYS = ("busy_s", "prepare_s", "finish_s")
+
+
+def _delta(before: dict[str, Any] | None, after: dict[str, Any] | None, key: str) -> float | None:
+    """`after[key] - before[key]`, or None when either is missing or the counter went back (a new replica)."""
+    if not before or not after:
+        return None
+    first, last = before.get(key), after.get(key)
+    if not isinstance(first, (int, float)) or not isinstance(last, (int, float)) or last < first:
+        return None
+    return float(last - first)
+
+
+def busy_fraction(before: dict[str, Any] | None, after: dict[str, Any] | None, wall_s: float | None) -> dict[str, Any]:
+    """The model's busy fraction over a window from two `stats()` readings `wall_s` seconds apart.
+
+    `busy_fraction` = Δbusy_s / wall_s; `prepare_fraction` and `finish_fraction` likewise (their
+    threads overlap the model, so the three need not sum to at most 1); `runs` = Δruns and
+    `busy_per_run_s` the mean forward pass. A figure is None when a counter is absent from either
+    reading (a replica without it), went back, or the wall time is not positive.
+    """
+    wall = wall_s if wall_s is not None and wall_s > 0 else None
+    deltas = {key: _delta(before, after, key) for key in BUSY_KEYS}
+    runs = _delta(before, after, "runs")
+    busy = deltas["busy_s"]
+    return {
+        "busy_fraction": None if busy is None or wall is None else busy / wall,
+        "prepare_fraction": None if deltas["prepare_s"] is None or wall is None else deltas["prepare_s"] / wall,
+        "finish_fraction": None if deltas["finish_s"] is None or wall is None else deltas["finish_s"] / wall,
+        "busy_s": busy,
+        "runs": None if runs is None else int(runs),
+        "busy_per_run_s": busy / runs if busy is not None and runs else None,
+        "wall_s": wall,
+    }

@@ -1,4 +1,11 @@
-"""Summaries of a benchmark run: `latest.json` (summary + raw per-round data), `latest.md`, `latest.png`."""
+"""Summaries of a benchmark run: `latest.json` (summary + raw per-round data), `latest.md`, `latest.png`.
+
+One file set for every phase of the run (`benchmarks.phases`): the throughput phase's workloads and
+the gateway's own costs, the photo phase under `photo`, time to first token under `ttft`, the
+gateway's overhead under `overhead`, each phase's status under `phases`, and `validity`: which
+sections are valid measurements. A phase that failed is `{"error": ...}` in its place, and the
+other sections are written all the same.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import MAX_RATIO_VS_RAW, MAX_ROUND_SPREAD, MIN_RUNS, spread, validity
+from benchmarks.metrics import BUSY_TARGET, MAX_RATIO_VS_RAW, MAX_ROUND_SPREAD, MIN_RUNS, spread, validity
 
 logger = logging.getLogger("benchmarks.report")
 
@@ -25,6 +32,11 @@ LABELS = {
     "naive": "naive FastAPI server",
     "litserve": "LitServe (batched)",
 }
+BUSY_SYSTEMS = ("gateway", "gateway_unbatched")
+"""The systems whose model replica reports its busy time (the gateway's two apps)."""
+BUSY_FIELDS = ("busy_fraction", "prepare_fraction", "finish_fraction")
+PHASE_SECTIONS = ("photo", "ttft", "overhead")
+"""Phases whose results go into latest.json under their own name."""
 RATIOS = (
     ("gateway", "raw"),
     ("gateway_unbatched", "raw"),
@@ -94,6 +106,8 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     summary["mean_batch_size"] = _median([r["gateway"].get("mean_batch_size") for r in rounds])
     summary["mean_batch_size_unbatched"] = _median([r["gateway_unbatched"].get("mean_batch_size") for r in rounds])
     summary["mean_batch_size_litserve"] = _median([r["litserve"].get("mean_batch_size") for r in rounds])
+    summary["busy"] = {system: busy_summary([r[system] for r in rounds]) for system in BUSY_SYSTEMS}
+    summary["busy_fraction"] = {system: summary["busy"][system]["busy_fraction"]["median"] for system in BUSY_SYSTEMS}
 
     by_concurrency: dict[str, dict[str, dict[str, Any]]] = {}
     for system in SYSTEM_FIELDS:
@@ -105,6 +119,7 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
                 "items_per_s": _median([w["items_per_s"] for w in same]),
                 "p50_ms": _median([w["p50_ms"] for w in same]),
                 "p99_ms": _median([w["p99_ms"] for w in same]),
+                "busy_fraction": _median([(w.get("busy") or {}).get("busy_fraction") for w in same]),
                 "requests": sum(w["n"] for w in same),
                 "windows": len(same),
             }
@@ -129,6 +144,23 @@ def workload_summary(measured: dict[str, Any]) -> dict[str, Any]:
     summary["sweep"] = measured["sweep"]
     summary["skipped_windows"] = measured.get("skipped_windows", [])
     return summary
+
+
+def busy_summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model's busy fraction over a system's headline windows (one a round): median, range and
+    per-round values of `busy_fraction`, `prepare_fraction` and `finish_fraction` (None where the
+    replica did not report the counters), and whether the median meets `BUSY_TARGET`."""
+    block: dict[str, Any] = {}
+    for field in BUSY_FIELDS:
+        values = [(w.get("busy") or {}).get(field) for w in windows]
+        block[field] = {**spread(values), "rounds": values}
+    block["model_runs"] = [w.get("model_runs") for w in windows]
+    # whether both readings of a window were taken at the end of a forward pass (read_at_pass_end)
+    block["aligned"] = [(w.get("busy") or {}).get("aligned") for w in windows]
+    median = block["busy_fraction"]["median"]
+    block["target"] = BUSY_TARGET
+    block["meets_target"] = None if median is None else median >= BUSY_TARGET
+    return block
 
 
 def _cpu_parts(windows: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -192,15 +224,26 @@ def tiny_summary(tiny: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _failed(block: Any) -> bool:
+    return isinstance(block, dict) and "error" in block
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """The content of `latest.json`."""
+    """The content of `latest.json`: the throughput phase's summaries, every other phase's results under
+    its name, the phases' statuses and `validity`."""
     summary: dict[str, Any] = {"header": results["header"]}
-    summary.update(tiny_summary(results["tiny"]))
-    workloads = [key for key in results if key not in ("header", "tiny")]
+    tiny = results.get("tiny")
+    if tiny is not None:
+        if _failed(tiny):
+            summary["tiny"] = tiny
+        else:
+            summary.update(tiny_summary(tiny))
+    workloads = [key for key in results if key not in ("header", "tiny", "phases", *PHASE_SECTIONS)]
     for key in workloads:
-        summary[key] = workload_summary(results[key])
-    largest = max(workloads, key=lambda key: summary[key]["memory_mb"]["whole_stack"], default=None)
-    if largest:
+        summary[key] = results[key] if _failed(results[key]) else workload_summary(results[key])
+    measured = [key for key in workloads if not _failed(summary[key])]
+    largest = max(measured, key=lambda key: summary[key]["memory_mb"].get("whole_stack", 0), default=None)
+    if largest and summary[largest]["memory_mb"]:
         memory = summary[largest]["memory_mb"]
         summary["memory_mb"] = {
             "gateway": memory["gateway"],
@@ -212,7 +255,62 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             " whole_stack = every process of the run (both gateway apps, naive, LitServe, the driver"
             " holding the raw model, the load generator)",
         }
+    for phase in PHASE_SECTIONS:
+        if phase in results:
+            summary[phase] = results[phase]
+    summary["phases"] = results.get("phases", {})
+    summary["validity"] = overall_validity(summary, workloads)
     return summary
+
+
+def _phase_reasons(validity_: Any) -> list[str]:
+    """Reasons a phase's own `validity` gives: a list of reasons (strings, or dicts with `ok`/`reason`),
+    or a dict with `ok` and `reasons`."""
+    if isinstance(validity_, dict):
+        return (
+            []
+            if validity_.get("ok", not validity_.get("reasons"))
+            else [str(r) for r in validity_.get("reasons") or ["not ok"]]
+        )
+    reasons = []
+    for item in validity_ or []:
+        if isinstance(item, dict):
+            if item.get("ok", item.get("valid", False)) is not True:
+                reasons.append(str(item.get("reason") or item.get("reasons") or item))
+        else:
+            reasons.append(str(item))
+    return reasons
+
+
+def overall_validity(summary: dict[str, Any], workloads: list[str]) -> dict[str, Any]:
+    """Which sections are valid measurements: per section `{"ok", "reasons"}` (`ok` None for a phase
+    that was skipped or gives no validity), and `ok` for the whole run (every section measured and valid)."""
+    sections: dict[str, dict[str, Any]] = {}
+    if _failed(summary.get("tiny")):
+        sections["tiny"] = {"ok": False, "reasons": [f"failed: {summary['tiny']['error']}"]}
+    elif summary["header"]["plan"].get("quick") and "gateway_overhead_ms" in summary:
+        sections["tiny"] = {"ok": False, "reasons": ["--quick run: short windows, not valid for comparison"]}
+    for key in workloads:
+        block = summary[key]
+        if _failed(block):
+            sections[key] = {"ok": False, "reasons": [f"failed: {block['error']}"]}
+        else:
+            sections[key] = {"ok": block["validity"]["ok"], "reasons": list(block["validity"]["reasons"])}
+    for phase in PHASE_SECTIONS:
+        block = summary.get(phase)
+        if block is None:
+            continue
+        if _failed(block):
+            sections[phase] = {"ok": False, "reasons": [f"failed: {block['error']}"]}
+        elif "skipped" in block:
+            sections[phase] = {"ok": None, "reasons": [f"skipped: {block['skipped']}"]}
+        elif "validity" in block:
+            reasons = _phase_reasons(block["validity"])
+            sections[phase] = {"ok": not reasons, "reasons": reasons}
+        else:
+            sections[phase] = {"ok": None, "reasons": ["the phase reports no validity"]}
+    known = [section["ok"] for section in sections.values()]
+    return {"ok": bool(known) and all(ok is True for ok in known), "sections": sections}
 
 
 def _belongs_to(part: str, system: str) -> bool:
@@ -264,34 +362,13 @@ def markdown(summary: dict[str, Any]) -> str:
             if header["plan"].get("quick")
             else []
         ),
-        "",
-        "## Throughput at the headline concurrency (items/s)",
-        "",
-        (
-            "Ratios are struck through and marked ⚠ when they are not a valid result (a window of fewer than"
-            f" {MIN_RUNS} model runs, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
-            f" ratios whose max / min exceeds {MAX_ROUND_SPREAD:g}); the reasons are listed below and in"
-            " latest.json's `validity`."
-        ),
-        "",
-        (
-            "| workload | conc. | batch | raw | gateway | gateway unbatched | naive | LitServe | gateway / raw"
-            " | gateway / naive | gateway / LitServe | mean batch gateway / LitServe |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_overview_lines(summary),
     ]
     workloads = [key for key in summary if isinstance(summary[key], dict) and "efficiency_vs_raw" in summary[key]]
-    for key in workloads:
-        block = summary[key]
-        ratios = block["ratios"]
-        lines.append(
-            f"| {key} | {block['concurrency']} | {block['batch_size']} | {_fmt(block['raw_items_per_s'])}"
-            f" | {_fmt(block['served_items_per_s'])} | {_fmt(block['unbatched_items_per_s'])}"
-            f" | {_fmt(block['naive_items_per_s'])} | {_fmt(block['litserve_items_per_s'])}"
-            f" | {_ratio_cell(ratios['gateway_vs_raw'])}"
-            f" | {_ratio_cell(ratios['gateway_vs_naive'])} | {_ratio_cell(ratios['gateway_vs_litserve'])}"
-            f" | {_fmt(block['mean_batch_size'], 1)} / {_fmt(block['mean_batch_size_litserve'], 1)} |"
-        )
+    failed = [key for key in summary if key not in ("tiny", *PHASE_SECTIONS) and _failed(summary[key])]
+    if workloads or failed:
+        lines += _throughput_table(summary, workloads, failed)
+    lines += _busy_lines(summary, workloads)
     for key in workloads:
         lines += _validity_lines(key, summary[key])
     for key in workloads:
@@ -343,6 +420,63 @@ def markdown(summary: dict[str, Any]) -> str:
             "\nIdle CPU (% of one core) with every system loaded and none under load:"
             f" {_idle(block['idle_cpu_percent'])}."
         )
+    lines += _tiny_lines(summary, workloads)
+    lines += _phase_lines(summary)
+    notes = header["plan"].get("notes") or []
+    if notes:
+        lines += ["", *[f"Note: {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def _throughput_table(summary: dict[str, Any], workloads: list[str], failed: list[str]) -> list[str]:
+    """The headline table: every workload's systems and ratios at its headline concurrency."""
+    lines = [
+        "",
+        "## Throughput at the headline concurrency (items/s)",
+        "",
+        (
+            "Ratios are struck through and marked ⚠ when they are not a valid result (a window of fewer than"
+            f" {MIN_RUNS} model runs, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
+            f" ratios whose max / min exceeds {MAX_ROUND_SPREAD:g}); the reasons are listed below and in"
+            " latest.json's `validity`."
+        ),
+        "",
+        (
+            "| workload | conc. | batch | raw | gateway | gateway unbatched | naive | LitServe | gateway / raw"
+            " | gateway / naive | gateway / LitServe | mean batch gateway / LitServe | model busy gateway / unbatched |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in workloads:
+        block = summary[key]
+        ratios = block["ratios"]
+        busy = block.get("busy_fraction") or {}
+        lines.append(
+            f"| {key} | {block['concurrency']} | {block['batch_size']} | {_fmt(block['raw_items_per_s'])}"
+            f" | {_fmt(block['served_items_per_s'])} | {_fmt(block['unbatched_items_per_s'])}"
+            f" | {_fmt(block['naive_items_per_s'])} | {_fmt(block['litserve_items_per_s'])}"
+            f" | {_ratio_cell(ratios['gateway_vs_raw'])}"
+            f" | {_ratio_cell(ratios['gateway_vs_naive'])} | {_ratio_cell(ratios['gateway_vs_litserve'])}"
+            f" | {_fmt(block['mean_batch_size'], 1)} / {_fmt(block['mean_batch_size_litserve'], 1)}"
+            f" | {_fmt(busy.get('gateway'))} / {_fmt(busy.get('gateway_unbatched'))} |"
+        )
+    for key in failed:
+        lines.append(f"| {key} | failed: `{summary[key]['error']}` |")
+    return lines
+
+
+def _tiny_lines(summary: dict[str, Any], workloads: list[str]) -> list[str]:
+    """The gateway's own costs (the tiny model), or why they are missing."""
+    if _failed(summary.get("tiny")):
+        return [
+            "",
+            "## The gateway's own costs (tiny SigLIP2 text embedding)",
+            "",
+            f"Failed: `{summary['tiny']['error']}`.",
+        ]
+    if "gateway_overhead_ms" not in summary:
+        return []
+    lines: list[str] = []
     overhead = summary["gateway_overhead_ms"]
     cold = summary["cold_start"]
     lines += [
@@ -383,10 +517,108 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| memory during {key}: gateway stack / whole local stack (RSS) |"
             f" {_fmt(phase['gateway'], 0)} MB / {_fmt(phase['whole_stack'], 0)} MB |"
         )
-    notes = header["plan"].get("notes") or []
-    if notes:
-        lines += ["", *[f"Note: {note}" for note in notes]]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _overview_lines(summary: dict[str, Any]) -> list[str]:
+    """Which sections are valid measurements, and each phase's wall time and outcome."""
+    checked = summary.get("validity") or {}
+    sections = checked.get("sections") or {}
+    if not sections:
+        return []
+    mark = {True: "valid", False: "⚠ not valid", None: "–"}
+    lines = [
+        "",
+        "## Sections",
+        "",
+        "The whole run is "
+        + ("a valid measurement." if checked.get("ok") else "**not** a valid measurement in every section."),
+        "",
+        "| section | valid | why not |",
+        "|---|---|---|",
+    ]
+    for name, section in sections.items():
+        reasons = "; ".join(section["reasons"][:3]) + (" …" if len(section["reasons"]) > 3 else "")
+        lines.append(f"| {name} | {mark[section['ok']]} | {reasons} |")
+    phases = summary.get("phases") or {}
+    if phases:
+        timing = ", ".join(
+            f"{name} {status.get('wall_s', 0):.0f} s"
+            + ("" if status.get("ok") else (" (failed)" if status.get("ok") is False else " (skipped)"))
+            for name, status in phases.items()
+        )
+        lines += ["", f"Phases: {timing}."]
+    return lines
+
+
+def _busy_lines(summary: dict[str, Any], workloads: list[str]) -> list[str]:
+    """The model's busy fraction at the headline concurrency, per workload and gateway app."""
+    lines = [
+        "",
+        "## Model busy fraction at the headline concurrency",
+        "",
+        (
+            "Seconds the gateway's model replica spent in forward passes over the window's wall seconds (its"
+            " `stats()` read before and after each window); the CPU work before and after a run (processor,"
+            f" decoding, parsing) runs on other threads, overlapping the model. Target >= {BUSY_TARGET:g}."
+        ),
+        "",
+        (
+            "| workload | system | busy (range) | per round | before the model | after it | model runs per window"
+            " | target met |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in workloads:
+        for system, block in (summary[key].get("busy") or {}).items():
+            busy = block["busy_fraction"]
+            met = {True: "yes", False: "**no**", None: "–"}[block["meets_target"]]
+            lines.append(
+                f"| {key} | {LABELS[system]} | {_fmt(busy['median'])}{_range([busy['min'], busy['max']])}"
+                f" | {', '.join(_fmt(v) for v in busy['rounds'])} | {_fmt(block['prepare_fraction']['median'])}"
+                f" | {_fmt(block['finish_fraction']['median'])}"
+                f" | {', '.join('–' if v is None else str(v) for v in block['model_runs'])} | {met} |"
+            )
+    photo = summary.get("photo")
+    if isinstance(photo, dict) and "summary" in photo:
+        for model, block in photo["summary"]["models"].items():
+            busy = block["busy"]["busy_fraction"]
+            target = block["targets"]["busy_fraction"]
+            met = {True: "yes", False: "**no**", None: "–"}[target["met"]]
+            lines.append(
+                f"| photo {model} (c=8) | gateway | {_fmt(busy['median'])}{_range([busy['min'], busy['max']])}"
+                f" | {', '.join(_fmt(v) for v in busy['rounds'])}"
+                f" | {_fmt(block['busy']['prepare_fraction']['median'])}"
+                f" | {_fmt(block['busy']['finish_fraction']['median'])} | – | {met} |"
+            )
+    return lines
+
+
+def _phase_lines(summary: dict[str, Any]) -> list[str]:
+    """The photo, time-to-first-token and overhead phases: their own tables, or why they are missing."""
+    from benchmarks.photo_figures import markdown_section
+
+    lines: list[str] = []
+    for phase in PHASE_SECTIONS:
+        block = summary.get(phase)
+        if block is None:
+            continue
+        title = {"photo": "Photo (12 MP JPEG)", "ttft": "Time to first token", "overhead": "Gateway overhead"}[phase]
+        if _failed(block):
+            lines += ["", f"## {title}", "", f"The {phase} phase failed: `{block['error']}`."]
+        elif "skipped" in block:
+            lines += ["", f"## {title}", "", f"Not measured: {block['skipped']}."]
+        elif phase == "photo":
+            lines += ["", markdown_section(block, level=2).rstrip()]
+        elif isinstance(block.get("markdown"), str):
+            lines += ["", block["markdown"].rstrip()]
+        else:
+            lines += ["", f"## {title}", "", f"No table from this phase; its results are in latest.json's `{phase}`."]
+        if not _failed(block) and "skipped" not in block:
+            reasons = (summary.get("validity") or {}).get("sections", {}).get(phase, {}).get("reasons") or []
+            if reasons and phase != "photo":
+                lines += ["", f"**{phase}: not a valid measurement:**", *[f"- {r}" for r in reasons]]
+    return lines
 
 
 def _validity_lines(key: str, block: dict[str, Any]) -> list[str]:
@@ -442,7 +674,14 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     workloads = [key for key in summary if isinstance(summary[key], dict) and "by_concurrency" in summary[key]]
-    figure, axes = plt.subplots(len(workloads), 2, figsize=(12, 4.2 * len(workloads)), squeeze=False)
+    photo = summary.get("photo")
+    photo_rows = isinstance(photo, dict) and "summary" in photo and bool(photo["summary"]["models"])
+    rows = len(workloads) + (1 if photo_rows else 0)
+    figure, axes = plt.subplots(max(rows, 1), 2, figsize=(12, 4.2 * max(rows, 1)), squeeze=False)
+    if rows == 0:
+        axes[0][0].text(0.5, 0.5, "nothing measured (see latest.md)", ha="center", va="center")
+    if photo_rows:
+        _plot_photo(axes[len(workloads)], photo)
     colors = {"gateway": "C0", "gateway_unbatched": "C1", "naive": "C2", "litserve": "C3", "raw": "black"}
     for row, key in zip(axes, workloads):
         block = summary[key]
@@ -482,6 +721,36 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _plot_photo(row: Any, photo: dict[str, Any]) -> None:
+    """The photo phase: images/s at concurrency 8 and p50 at concurrency 1, per model and system (medians,
+    range as error bars)."""
+    from benchmarks.photo_figures import LABELS as PHOTO_LABELS
+
+    models = photo["summary"]["models"]
+    systems = list(next(iter(models.values()))["systems"])
+    colors = {"raw": "black", "gateway": "C0", "naive": "C2", "litserve": "C3"}
+    width = 0.8 / len(systems)
+    for axis, field, title, unit in (
+        (row[0], "c8_images_per_s", "photo: throughput at concurrency 8", "images/s"),
+        (row[1], "c1_p50_ms", "photo: latency p50 at concurrency 1", "ms"),
+    ):
+        for index, system in enumerate(systems):
+            xs, ys, low, high = [], [], [], []
+            for position, block in enumerate(models.values()):
+                value = block["systems"][system][field]
+                if value["median"] is None:
+                    continue
+                xs.append(position + (index - (len(systems) - 1) / 2) * width)
+                ys.append(value["median"])
+                low.append(value["median"] - value["min"])
+                high.append(value["max"] - value["median"])
+            axis.bar(xs, ys, width, yerr=[low, high], color=colors.get(system), label=PHOTO_LABELS[system], capsize=3)
+        axis.set_xticks(range(len(models)), [f"{model} (12 MP JPEG)" for model in models])
+        axis.set(title=title + (" (QUICK RUN)" if photo["header"].get("quick") else ""), ylabel=unit)
+        axis.grid(True, axis="y", alpha=0.3)
+        axis.legend(fontsize=7)
 
 
 def write(results: dict[str, Any], directory: Path = RESULTS_DIR) -> str:

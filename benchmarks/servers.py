@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = 
 class PeerServer:
     """A peer server in its own process group (so its worker processes stop with it)."""
 
-    def __init__(self, name: str, module: str, args: list[str], port: int) -> None:
+    def __init__(self, name: str, module: str, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        """`env`: extra environment of the server (e.g. the OpenMP setting the gateway's replicas get)."""
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -53,7 +55,7 @@ class PeerServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, *args, "--port", str(port)],
             cwd=ROOT,
-            env={**os.environ, **ENV_VARS},
+            env={**os.environ, **ENV_VARS, **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -103,20 +105,30 @@ class PeerServer:
         logger.info("stopped %s", self.name)
 
 
-def naive_server(workload: str, checkpoint: Path, threads: int) -> PeerServer:
+def naive_server(
+    workload: str, checkpoint: Path, threads: int, name: str = "naive", env: dict[str, str] | None = None
+) -> PeerServer:
     return PeerServer(
-        "naive",
+        name,
         "benchmarks.peers.naive_server",
         ["--workload", workload, "--checkpoint", str(checkpoint), "--threads", str(threads)],
         free_port(),
+        env,
     )
 
 
 def litserve_server(
-    workload: str, checkpoint: Path, threads: int, max_batch_size: int, batch_wait_s: float, batch_log: Path
+    workload: str,
+    checkpoint: Path,
+    threads: int,
+    max_batch_size: int,
+    batch_wait_s: float,
+    batch_log: Path,
+    name: str = "litserve",
+    env: dict[str, str] | None = None,
 ) -> PeerServer:
     return PeerServer(
-        "litserve",
+        name,
         "benchmarks.peers.litserve_server",
         [
             "--workload",
@@ -133,7 +145,49 @@ def litserve_server(
             str(batch_log),
         ],
         free_port(),
+        env,
     )
+
+
+def fresh_database(name: str) -> str:
+    """A new SQLite file in `WORK_DIR` for a gateway app's store (demand counts): one left by an earlier
+    run, perhaps of an older schema, is removed first, so every run starts from an empty store."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    path = WORK_DIR / name
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    return str(path)
+
+
+def read_at_pass_end(stats: Callable[[], dict[str, Any]], limit_s: float, poll_s: float = 0.02) -> dict[str, Any]:
+    """Read a replica's `stats()` just after one of its forward passes ended.
+
+    The replica adds a pass's seconds to `busy_s` when the pass ends, so a reading taken while a pass
+    runs leaves that pass's first part out, and a difference of two readings counts it in full: up
+    to one pass too many. Polling until `busy_s` changes puts a reading at a pass's end (within
+    `poll_s` and one call); two readings taken that way bound whole passes, and what the polling
+    lag adds at one end it takes away at the other. When no pass ends within `limit_s` (a pass
+    longer than expected, or a replica without `busy_s`), the first reading is used as it is and
+    `aligned` is False.
+
+    Returns `{"first", "reading", "at", "aligned"}`: the first reading (for the batch counters), the
+    reading to use, and when it was taken (`time.perf_counter()`, the middle of the call).
+    """
+
+    def read() -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        values = stats()
+        return values, (started + time.perf_counter()) / 2
+
+    first, first_at = read()
+    if "busy_s" in first and limit_s > 0:
+        deadline = time.perf_counter() + limit_s
+        while time.perf_counter() < deadline:
+            time.sleep(poll_s)
+            reading, at = read()
+            if reading.get("busy_s") != first["busy_s"]:
+                return {"first": first, "reading": reading, "at": at, "aligned": True}
+    return {"first": first, "reading": first, "at": first_at, "aligned": False}
 
 
 def batch_log_stats(path: Path) -> dict[str, int]:
@@ -148,13 +202,24 @@ class GatewayStack(LocalStack):
     def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None) -> None:
         """`env`: extra environment of every Ray worker (e.g. Serve settings to compare)."""
         super().__init__(num_cpus=num_cpus, worker_env=env, log_to_driver=False)
+        self._handles: dict[tuple[str, str], Any] = {}
 
-    @staticmethod
-    def stats(app_name: str, deployment_name: str) -> dict[str, Any]:
-        """The replica's `stats()` (load time, batch and item counters), through a Serve handle."""
+    def stats(self, app_name: str, deployment_name: str) -> dict[str, Any]:
+        """The replica's `stats()` (load time, batch, item and busy-time counters), through a Serve handle.
+
+        The handle is kept: a new one first waits for the controller to tell it the replicas, which can
+        take longer than a forward pass, and a reading that lags by that much is not "now" (the busy
+        fraction reads the counters at a pass's end, `read_at_pass_end`)."""
         from ray import serve
 
-        return serve.get_deployment_handle(deployment_name, app_name).stats.remote().result(timeout_s=60)
+        key = (app_name, deployment_name)
+        if key not in self._handles:
+            self._handles[key] = serve.get_deployment_handle(deployment_name, app_name)
+        return self._handles[key].stats.remote().result(timeout_s=60)
+
+    def delete(self, app_name: str) -> None:
+        self._handles = {key: handle for key, handle in self._handles.items() if key[0] != app_name}
+        super().delete(app_name)
 
 
 def ray_part(process: psutil.Process, apps: dict[str, str]) -> str:

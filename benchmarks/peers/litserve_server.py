@@ -13,6 +13,9 @@ measured beside it. With a timeout it waits on the queue for up to 1 ms at a tim
 With `--batch-log FILE` the worker appends the size of every batch it runs to FILE, one a line:
 the benchmark's view of LitServe's batching (the worker is a process of its own).
 
+Like the naive server it serves any workload of `benchmarks.workloads.ALL_WORKLOADS`, the photo
+ones included, on the gateway's route with the gateway's request body.
+
     python -m benchmarks.peers.litserve_server --workload siglip2_embed --checkpoint checkpoints/real/siglip2 \
         --port 8102 --max-batch-size 8 --batch-timeout 0.005
 """
@@ -27,7 +30,7 @@ from typing import Any
 import litserve as ls
 from PIL import Image
 
-from benchmarks.workloads import WORKLOADS, ModelRunner, Workload, request_image, response_body
+from benchmarks.workloads import ALL_WORKLOADS, ModelRunner, Workload, request_image, response_body
 
 MIN_BATCH_TIMEOUT_S = 0.001
 
@@ -70,7 +73,7 @@ class WorkloadAPI(ls.LitAPI):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
+    parser.add_argument("--workload", choices=sorted(ALL_WORKLOADS), required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the inference worker")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s litserve %(message)s")
     batch_timeout = max(args.batch_timeout, MIN_BATCH_TIMEOUT_S) if args.max_batch_size > 1 else args.batch_timeout
     api = WorkloadAPI(
-        WORKLOADS[args.workload], args.checkpoint, args.threads, args.max_batch_size, batch_timeout, args.batch_log
+        ALL_WORKLOADS[args.workload], args.checkpoint, args.threads, args.max_batch_size, batch_timeout, args.batch_log
     )
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=False)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)

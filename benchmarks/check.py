@@ -1,0 +1,253 @@
+"""An independent check of the benchmark's headline: SigLIP2 through the gateway, measured by another client.
+
+    python -m benchmarks.check                  # after `make bench`: exit 1 if it disagrees by more than 5 %
+    python -m benchmarks.check --latest PATH    # compare with another latest.json
+    python -m benchmarks.check --json out.json  # also write what it measured
+
+It starts the gateway app that the full run measures for the `siglip2_embed` workload: the same
+catalog entry (`benchmarks.throughput.workload_entry`: the real-size checkpoint, two torch threads,
+two CPUs, `max_ongoing_requests` 64) with latest.json's batch size, under /b on a fresh local Ray
+(`benchmarks.servers.GatewayStack`), alone: no peer, no second app. Then it sends the run's request
+body (one 256x256 JPEG as a data: URL) from as many threads as latest.json's headline concurrency,
+each a closed loop on one `http.client` connection of its own: nothing of `benchmarks.load` (the
+asyncio + httpx load generator) or of `benchmarks.metrics`' window arithmetic is used, so a fault in
+either would show up as a disagreement.
+
+After a 15-second warm-up, three back-to-back windows of 40 seconds; per window, images/s two ways:
+
+- `count`: responses completed in the window over its 40 s. A batching server answers in lumps (8
+  responses at once every ~2.8 s), so this moves by up to one lump (~7 %) with where the edges fall;
+- `slope`: the least-squares slope of the cumulative number of responses, sampled every 50 ms over
+  the window; a line through a staircase is barely moved by where its steps fall (< 1 % here).
+
+The median of the three `slope` figures is compared with latest.json's gateway figure for the
+workload (`siglip2_embed.served_items_per_s`, a median over rounds): the ratio is printed, and the
+exit status is 1 when it differs from 1 by more than 5 % (2 when requests failed). A latest.json from
+a `--quick` run has no figure worth checking; the comparison is made and flagged as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("benchmarks.check")
+
+WORKLOAD = "siglip2_embed"
+WARMUP_S = 15.0
+WINDOW_S = 40.0
+WINDOWS = 3
+SAMPLE_S = 0.05
+TOLERANCE = 0.05
+APP = "bench-check-siglip2"
+PREFIX = "/b"
+LATEST = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+class ClosedLoopClient:
+    """`concurrency` threads, each posting `body` to 127.0.0.1:`port``path` over its own connection
+    and sending the next request when the answer is in, until `stop()`; completion times are kept."""
+
+    def __init__(self, port: int, path: str, body: bytes, concurrency: int, timeout_s: float = 600.0) -> None:
+        self.port = port
+        self.path = path
+        self.body = body
+        self.timeout_s = timeout_s
+        self.lock = threading.Lock()
+        self.completed: list[float] = []
+        """perf_counter times of the responses that answered 200 with one embedding."""
+        self.failures: list[str] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(concurrency)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self, wait_s: float) -> None:
+        """No new requests; wait up to `wait_s` for the ones in flight."""
+        self.stopping.set()
+        deadline = time.perf_counter() + wait_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.perf_counter()))
+
+    def _loop(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
+        headers = {"content-type": "application/json", "content-length": str(len(self.body))}
+        while not self.stopping.is_set():
+            try:
+                connection.request("POST", self.path, body=self.body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                done = time.perf_counter()
+                if response.status == 200 and len(json.loads(payload)["data"]) == 1:
+                    with self.lock:
+                        self.completed.append(done)
+                else:
+                    with self.lock:
+                        self.failures.append(f"HTTP {response.status}: {payload[:200]!r}")
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as error:
+                with self.lock:
+                    self.failures.append(f"{type(error).__name__}: {error}")
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
+        connection.close()
+
+
+def count_rate(completed: list[float], start: float, end: float) -> float:
+    """Responses completed in [start, end) over the window's seconds."""
+    return sum(1 for t in completed if start <= t < end) / (end - start)
+
+
+def slope_rate(completed: list[float], start: float, end: float, step_s: float = SAMPLE_S) -> float:
+    """The least-squares slope (responses per second) of the cumulative count of responses, sampled
+    every `step_s` over [start, end)."""
+    times = sorted(completed)
+    samples = max(2, int((end - start) / step_s))
+    xs = [start + k * (end - start) / samples for k in range(samples + 1)]
+    ys = []
+    index = 0
+    for x in xs:
+        while index < len(times) and times[index] <= x:
+            index += 1
+        ys.append(index)
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    covariance = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    variance = sum((x - mean_x) ** 2 for x in xs)
+    return covariance / variance
+
+
+def compare(measured: float, reference: float | None, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """The check's verdict: `measured / reference`, and whether it is within `tolerance` of 1."""
+    if not reference:
+        return {"ratio": None, "agrees": False, "why": "latest.json has no gateway figure for the workload"}
+    ratio = measured / reference
+    return {"ratio": ratio, "agrees": abs(ratio - 1.0) <= tolerance, "why": None}
+
+
+def reference(latest: dict[str, Any]) -> dict[str, Any]:
+    """What the check needs from latest.json: the gateway's figure, the concurrency and the batch size."""
+    block = latest.get(WORKLOAD)
+    if not isinstance(block, dict) or "served_items_per_s" not in block:
+        raise SystemExit(f"latest.json has no {WORKLOAD} results to check (run `make bench` first)")
+    return {
+        "items_per_s": block["served_items_per_s"],
+        "concurrency": int(block["concurrency"]),
+        "batch_size": int(block["batch_size"]),
+        "quick": bool(latest.get("header", {}).get("plan", {}).get("quick")),
+        "started_at": latest.get("header", {}).get("started_at"),
+    }
+
+
+def measure(
+    batch_size: int, concurrency: int, warmup_s: float, window_s: float, windows: int
+) -> tuple[list[dict[str, float]], list[str]]:
+    """Start the gateway app, drive it, stop it: per window `{"count", "slope"}` images/s, and the failures."""
+    from benchmarks import models
+    from benchmarks.servers import GatewayStack
+    from benchmarks.throughput import gateway_args, workload_entry
+    from benchmarks.workloads import WORKLOADS
+
+    workload = WORKLOADS[WORKLOAD]
+    checkpoint = models.build_all(names=(workload.checkpoint,))[workload.checkpoint]
+    body = json.dumps(workload.request_body(workload.image_url())).encode()
+    stack = GatewayStack(num_cpus=8)
+    try:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # after ray.init, which installs its own
+        stack.deploy(APP, gateway_args([workload_entry(workload, checkpoint, batch_size)], APP), PREFIX)
+        stack.wait_ready(PREFIX, timeout_s=300)
+        port = int(stack.url.rsplit(":", 1)[1])
+        client = ClosedLoopClient(port, f"{PREFIX}{workload.path}", body, concurrency)
+        logger.info(
+            "%d clients on %s%s%s, batch size %d: %.0f s warm-up, %d windows of %.0f s",
+            concurrency,
+            stack.url,
+            PREFIX,
+            workload.path,
+            batch_size,
+            warmup_s,
+            windows,
+            window_s,
+        )
+        started = time.perf_counter()
+        client.start()
+        end = started + warmup_s + windows * window_s
+        while time.perf_counter() < end:
+            time.sleep(0.2)
+        client.stop(wait_s=120)
+        rates = []
+        for number in range(windows):
+            start = started + warmup_s + number * window_s
+            rate = {
+                "count": count_rate(client.completed, start, start + window_s),
+                "slope": slope_rate(client.completed, start, start + window_s),
+            }
+            logger.info("window %d: %.3f images/s (slope), %.3f (count)", number + 1, rate["slope"], rate["count"])
+            rates.append(rate)
+        return rates, client.failures
+    finally:
+        stack.shutdown()
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latest", type=Path, default=LATEST, help="the latest.json to compare with")
+    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds before the first window")
+    parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds a window")
+    parser.add_argument("--windows", type=int, default=WINDOWS, help="windows, back to back")
+    parser.add_argument("--concurrency", type=int, help="clients (default: latest.json's headline concurrency)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "ray", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ref = reference(json.loads(args.latest.read_text()))
+    concurrency = args.concurrency or ref["concurrency"]
+    rates, failures = measure(ref["batch_size"], concurrency, args.warmup, args.window, args.windows)
+    median = statistics.median(rate["slope"] for rate in rates)
+    verdict = compare(median, ref["items_per_s"])
+    result = {
+        "workload": WORKLOAD,
+        "concurrency": concurrency,
+        "batch_size": ref["batch_size"],
+        "warmup_s": args.warmup,
+        "window_s": args.window,
+        "windows": rates,
+        "median_images_per_s": median,
+        "median_count_images_per_s": statistics.median(rate["count"] for rate in rates),
+        "latest": ref,
+        "failures": len(failures),
+        **verdict,
+        "tolerance": TOLERANCE,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    shown = "–" if verdict["ratio"] is None else f"{verdict['ratio']:.3f}"
+    print(
+        f"independent client: {median:.3f} images/s (median of {len(rates)} windows of {args.window:.0f} s);"
+        f" latest.json ({ref['started_at']}): {ref['items_per_s'] or 0:.3f}; ratio {shown}"
+        f" -> {'agrees' if verdict['agrees'] else 'DISAGREES'} within {TOLERANCE:.0%}"
+        + (" (latest.json is a --quick run: its figure is not a measurement)" if ref["quick"] else "")
+    )
+    if failures:
+        logger.error("%d requests failed, e.g. %s", len(failures), failures[0])
+        return 2
+    return 0 if verdict["agrees"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The machine a benchmark runs on: the CPU other processes take while it measures, its load, CPU model,
+package versions and commit; the SIGTERM handler that turns a stop into a clean shutdown, and the
+command line's logging, run and result files.
+
+Shared by `benchmarks.overhead` and `benchmarks.ttft`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+FOREIGN_LIMIT = 0.2
+"""Cores used on average by processes that are not this run's during its measurements, above which
+its figures are flagged (on 2 cores every other process takes CPU the gateway needs)."""
+
+
+class CpuWitness:
+    """The CPU this machine spent outside this process and its descendants (Ray's processes, the load
+    generator) over a span: what other processes on a shared machine took while we measured.
+
+    `stop()` returns `foreign_cores` (busy CPU seconds of everything else per wall second) and
+    `steal_cores` (time the hypervisor gave to other machines), both averaged over the span.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.busy = self._busy()
+        self.ours = self._ours()
+
+    @staticmethod
+    def _busy() -> tuple[float, float]:
+        times = psutil.cpu_times()
+        busy = sum(getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
+        return busy, getattr(times, "steal", 0.0)
+
+    @staticmethod
+    def _ours() -> dict[int, float]:
+        used = {}
+        for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                used[process.pid] = times.user + times.system
+        return used
+
+    def stop(self) -> dict[str, float]:
+        wall = max(1e-9, time.monotonic() - self.started)
+        busy, steal = self._busy()
+        ours = sum(now - self.ours.get(pid, 0.0) for pid, now in self._ours().items())
+        return {
+            "foreign_cores": round(max(0.0, busy - self.busy[0] - ours) / wall, 3),
+            "steal_cores": round(max(0.0, steal - self.busy[1]) / wall, 3),
+            "wall_s": round(wall, 1),
+        }
+
+
+def foreign_reason(label: str, witness: dict[str, float] | None) -> list[str]:
+    """A reason to distrust figures measured while other processes took CPU (empty when they did not)."""
+    if not witness:
+        return []
+    used = witness.get("foreign_cores", 0.0) + witness.get("steal_cores", 0.0)
+    if used <= FOREIGN_LIMIT:
+        return []
+    return [
+        f"{label}: other processes used {witness.get('foreign_cores', 0.0):.2f} cores (steal"
+        f" {witness.get('steal_cores', 0.0):.2f}) on average while it was measured (> {FOREIGN_LIMIT:g})"
+    ]
+
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in psutil.getloadavg()]
+
+
+def package_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        changed = ["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"]
+        dirty = subprocess.run(changed, cwd=ROOT, check=False).returncode != 0
+        return commit + ("-dirty" if dirty else "")
+    return None
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def machine(load_start: list[float]) -> dict[str, Any]:
+    """The header's `machine`: CPU model, logical CPUs, load average at the start and now, platform."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": psutil.cpu_count(),
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "platform": platform.platform(),
+    }
+
+
+def log_to_stderr() -> None:
+    """INFO lines with their time and logger on stderr; httpx, Ray and transformers only from WARNING."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "ray", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_and_write(
+    run: Callable[[], dict[str, Any]],
+    write: Callable[[dict[str, Any]], tuple[Path, Path]],
+    logger: logging.Logger,
+    down: str,
+) -> int:
+    """A benchmark's command: SIGTERM stops it cleanly (exit 130, `down` says what was stopped, nothing
+    written); else its results are written, its markdown printed, and it exits 0."""
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        results = run()
+    except KeyboardInterrupt as stop:
+        logger.error("stopped (%s): %s, nothing written", stop, down)
+        return 130
+    json_path, md_path = write(results)
+    print(results["markdown"])
+    logger.info("results in %s and %s", json_path, md_path)
+    return 0
