@@ -62,7 +62,7 @@ from benchmarks.overhead_configs import (
     WORK_DIR,
 )
 from benchmarks.overhead_figures import recommend, summarize, validity
-from benchmarks.overhead_host import (
+from benchmarks.host import (
     git_commit,
     load_average,
     log_to_stderr,

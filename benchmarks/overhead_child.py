@@ -29,7 +29,7 @@ from benchmarks.overhead_configs import (
     Plan,
 )
 from benchmarks.overhead_figures import added, targets
-from benchmarks.overhead_host import CpuWitness, load_average, stop_on_sigterm
+from benchmarks.host import CpuWitness, load_average, stop_on_sigterm
 from benchmarks.overhead_report import num
 
 logger = logging.getLogger("benchmarks.overhead")

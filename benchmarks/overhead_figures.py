@@ -15,7 +15,7 @@ from benchmarks.overhead_configs import (
     TARGET_RPS,
     Plan,
 )
-from benchmarks.overhead_host import foreign_reason
+from benchmarks.host import foreign_reason
 
 
 def minus(a: float | None, b: float | None) -> float | None:

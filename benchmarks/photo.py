@@ -57,17 +57,16 @@ import logging
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from benchmarks.host import cpu_model, git_commit, package_version, stop_on_sigterm
 from benchmarks.photo_figures import (
     LATENCY_TARGET,
     MODELS,
@@ -138,7 +137,7 @@ def header(plan: Plan, quick: bool, photo: bytes, started_at: datetime) -> dict[
         "quick": quick,
         "plan": asdict(plan),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False),
@@ -148,9 +147,9 @@ def header(plan: Plan, quick: bool, photo: bytes, started_at: datetime) -> dict[
         },
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "versions": {package: _version(package) for package in packages},
+        "versions": {package: package_version(package) for package in packages},
         "libjpeg_turbo": _libjpeg_turbo(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "photo": {
             "path": str(PHOTO_PATH.relative_to(ROOT)),
             "width": PHOTO_SIZE[0],
@@ -233,40 +232,12 @@ def run(plan: Plan, quick: bool, spin: bool = False) -> dict[str, Any]:
 # ----- helpers -----
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _libjpeg_turbo() -> bool | None:
     from PIL import features
 
     with contextlib.suppress(Exception):
         return bool(features.check_feature("libjpeg_turbo"))
     return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        changed = ["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"]
-        dirty = subprocess.run(changed, cwd=ROOT, check=False).returncode != 0
-        return commit + ("-dirty" if dirty else "")
-    return None
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "ray", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     results = run(QUICK if args.quick else FULL, args.quick, args.omp_spin)
     write(results, args.results, args.json)
     if not args.no_print:

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.overhead_host import (
+from benchmarks.host import (
     CpuWitness,
     foreign_reason,
     git_commit,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import overhead_figures, overhead_host, ttft_client, ttft_figures, ttft_plan, ttft_reference
+from benchmarks import overhead_figures, host, ttft_client, ttft_figures, ttft_plan, ttft_reference
 
 
 def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -330,14 +330,14 @@ def test_overhead_recommendation_adopts_a_config_that_is_better_everywhere():
 
 
 def test_foreign_load_reason():
-    assert overhead_host.foreign_reason("x", None) == []
-    assert overhead_host.foreign_reason("x", {"foreign_cores": 0.1, "steal_cores": 0.05}) == []
-    reasons = overhead_host.foreign_reason("round 1 haproxy", {"foreign_cores": 0.9, "steal_cores": 0.0})
+    assert host.foreign_reason("x", None) == []
+    assert host.foreign_reason("x", {"foreign_cores": 0.1, "steal_cores": 0.05}) == []
+    reasons = host.foreign_reason("round 1 haproxy", {"foreign_cores": 0.9, "steal_cores": 0.0})
     assert len(reasons) == 1 and reasons[0].startswith("round 1 haproxy: other processes used 0.90 cores")
 
 
 def test_cpu_witness_reports_cores():
-    witness = overhead_host.CpuWitness()
+    witness = host.CpuWitness()
     sum(i * i for i in range(200_000))  # this process's own work is not foreign
     measured = witness.stop()
     assert set(measured) == {"foreign_cores", "steal_cores", "wall_s"}
