@@ -8,6 +8,7 @@ Shared by `benchmarks.overhead`, `benchmarks.ttft` and `benchmarks.photo`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import signal
@@ -130,6 +131,15 @@ def log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "ray", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def write_results(results: dict[str, Any], results_dir: Path, name: str, title: str) -> tuple[Path, Path]:
+    """A phase's results as `<name>.json` and `<name>.md` (its markdown under `title`) in `results_dir`."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    md_path.write_text(f"# {title}\n\n{results['markdown']}")
+    return json_path, md_path
 
 
 def run_and_write(

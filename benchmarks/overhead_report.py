@@ -3,10 +3,10 @@ Serve settings do) and the result files."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import write_results
 from benchmarks.overhead_configs import NAME, TARGET_P50_MS, TARGET_P99_MS, TARGET_RPS
 
 
@@ -149,8 +149,4 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write(results: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = results_dir / f"{NAME}.json", results_dir / f"{NAME}.md"
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    md_path.write_text(f"# The gateway's own cost\n\n{results['markdown']}")
-    return json_path, md_path
+    return write_results(results, results_dir, NAME, "The gateway's own cost")

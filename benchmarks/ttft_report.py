@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import write_results
 from benchmarks.ttft_plan import MAX_BATCH_SIZE, NAME, TARGET_RATIO, THREADS, StreamModel
 from benchmarks.workloads import CAPTION_TOKENS
 
@@ -106,8 +106,4 @@ def markdown(results: dict[str, Any], chosen: list[StreamModel]) -> str:
 
 
 def write(results: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = results_dir / f"{NAME}.json", results_dir / f"{NAME}.md"
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    md_path.write_text(f"# Time to first token\n\n{results['markdown']}")
-    return json_path, md_path
+    return write_results(results, results_dir, NAME, "Time to first token")
