@@ -9,8 +9,8 @@
 
 Phases run one after another and each is guarded (`run_phase`): an exception is logged and
 recorded as `{"error": ...}` under the phase's key, and the next phase runs. After every phase,
-whatever Ray this process still runs is stopped (`stop_ray`), so that two local Ray clusters never
-run at once. `merge_phases` puts the results together: the throughput phase's parts (`tiny` and
+a Ray the phase started and left running is stopped (`stop_ray`), so that two local Ray clusters
+never run at once; a Ray that ran before the phase is left alone. `merge_phases` puts the results together: the throughput phase's parts (`tiny` and
 one key per workload) at the top level, as before, each other phase under its own name, and
 `phases` with each phase's status and wall time.
 """
@@ -41,14 +41,21 @@ PHASE_ESTIMATE_S = {"throughput": 33 * 60, "photo": 10 * 60, "ttft": 11 * 60, "o
 their modules' docstrings say); logged at the start of a run."""
 
 
-def stop_ray() -> bool:
-    """Stop Serve and Ray in this process if a phase left them running; whether it had to."""
+def ray_running() -> bool:
+    """Whether this process is connected to a Ray cluster (without importing Ray when it is not)."""
     if "ray" not in sys.modules:
         return False
     import ray
 
-    if not ray.is_initialized():
+    return ray.is_initialized()
+
+
+def stop_ray() -> bool:
+    """Stop Serve and Ray in this process if they run; whether it had to."""
+    if not ray_running():
         return False
+    import ray
+
     logger.warning("a phase left Ray running: stopping it before the next phase starts")
     try:
         from ray import serve
@@ -68,8 +75,10 @@ def jsonable(value: Any) -> Any:
 def run_phase(name: str, call: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one phase: `(its results, its status)`. An Exception becomes `{"error": ...}` (logged, the
     run goes on; KeyboardInterrupt ends the run); a phase that returns `{"error": ...}` or
-    `{"skipped": ...}` itself is reported so too. Ray is stopped afterwards in any case."""
+    `{"skipped": ...}` itself is reported so too. A Ray the phase started is stopped afterwards in any
+    case; one that ran before the phase (a caller's, a test session's Serve) is not the phase's to stop."""
     started = time.perf_counter()
+    ray_was_running = ray_running()
     logger.info("===== phase %s =====", name)
     try:
         result = jsonable(call())
@@ -79,7 +88,7 @@ def run_phase(name: str, call: Callable[[], dict[str, Any]]) -> tuple[dict[str, 
         logger.exception("phase %s failed; going on with the next phase", name)
         result = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=8)}
     finally:
-        left_running = stop_ray()
+        left_running = False if ray_was_running else stop_ray()
     status: dict[str, Any] = {"wall_s": round(time.perf_counter() - started, 1), "ray_left_running": left_running}
     if "error" in result:
         status.update(ok=False, error=result["error"])
