@@ -170,9 +170,9 @@ def _remove_haproxy_files(node_id: str) -> None:
     """HAProxy mode leaves its config, sockets and logs in /tmp/haproxy-serve/<node id>/: this run's go."""
     import shutil
 
-    from ray.serve._private.constants import RAY_SERVE_HAPROXY_SOCKET_PATH
+    from serve.ray_compat import haproxy_files_folder
 
-    folder = Path(RAY_SERVE_HAPROXY_SOCKET_PATH).parent
+    folder = Path(haproxy_files_folder())
     shutil.rmtree(folder / node_id, ignore_errors=True)
     with contextlib.suppress(OSError):
         folder.rmdir()  # only when no other run's files are left
@@ -180,7 +180,7 @@ def _remove_haproxy_files(node_id: str) -> None:
 
 def effective_settings() -> dict[str, Any]:
     """What Serve's constants resolved to in this driver (the replicas read the same environment)."""
-    from ray.serve._private import constants
+    from serve.ray_compat import serve_settings
 
     names = (
         "RAY_SERVE_ENABLE_HA_PROXY",
@@ -195,7 +195,7 @@ def effective_settings() -> dict[str, Any]:
         "RAY_SERVE_HAPROXY_NBTHREAD",
         "RAY_SERVE_HAPROXY_TUNE_BUFSIZE",
     )
-    return {name: getattr(constants, name, None) for name in names}
+    return serve_settings(names)
 
 
 def child(config_name: str, quick: bool, out: Path) -> int:
@@ -206,7 +206,8 @@ def child(config_name: str, quick: bool, out: Path) -> int:
     from benchmarks.servers import GatewayStack
 
     plan = QUICK if quick else FULL
-    config = CONFIGS[config_name]
+    if config_name not in CONFIGS:
+        raise ValueError(f"no overhead configuration {config_name!r}; there are {', '.join(CONFIGS)}")
     env = {name: os.environ[name] for name in os.environ if name.startswith("RAY_SERVE_")}
     result: dict[str, Any] = {"config": config_name, "env": env, "load_average_start": load_average()}
 

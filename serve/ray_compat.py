@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -41,6 +42,8 @@ VERSION_DEPENDENT = (
     "replica_class",
     "SERVE_CONTROLLER_CLASS",
     "inherited_env",
+    "haproxy_files_folder",
+    "serve_settings",
 )
 
 # The actor class name of Serve's controller, as the GCS lists it.
@@ -190,3 +193,19 @@ def inherited_env(parent: str, child: dict[str, Any]) -> str:
     if "env_vars" in base or "env_vars" in child:
         merged["env_vars"] = {**base.get("env_vars", {}), **child.get("env_vars", {})}
     return json.dumps(merged, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def haproxy_files_folder() -> str:
+    """The folder under which Serve's HAProxy mode writes its config, sockets and logs (one
+    sub-folder per node id): the parent of Serve's `RAY_SERVE_HAPROXY_SOCKET_PATH`."""
+    from ray.serve._private.constants import RAY_SERVE_HAPROXY_SOCKET_PATH
+
+    return str(Path(RAY_SERVE_HAPROXY_SOCKET_PATH).parent)
+
+
+def serve_settings(names: tuple[str, ...]) -> dict[str, Any]:
+    """What Serve's constants `names` resolved to in this process (None for one this Ray lacks):
+    the settings its environment variables turned into, as Serve itself reads them."""
+    from ray.serve._private import constants
+
+    return {name: getattr(constants, name, None) for name in names}

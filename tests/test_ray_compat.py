@@ -269,3 +269,12 @@ def test_the_replica_env_merges_the_creators_env_vars_as_ray_writes_it():
     assert inherited_env(parent, child) == (
         '{"env_vars":{"A":"1","HF_HUB_OFFLINE":"1","Z":"é"},"py_executable":"/venv/bin/python -m deployments.preload"}'
     )
+
+
+def test_serve_settings_are_read_as_serve_resolved_them():
+    settings = ray_compat.serve_settings(("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_NO_SUCH_SETTING"))
+    assert settings == {"RAY_SERVE_ENABLE_HA_PROXY": False, "RAY_SERVE_NO_SUCH_SETTING": None}
+
+
+def test_the_haproxy_files_folder_is_an_absolute_path():
+    assert Path(ray_compat.haproxy_files_folder()).is_absolute()
