@@ -5,8 +5,8 @@
     python -m benchmarks.check --json out.json  # also write what it measured
 
 It starts the gateway app that the full run measures for the `siglip2_embed` workload: the same
-catalog entry (`benchmarks.throughput.workload_entry`: the real-size checkpoint, two torch threads,
-two CPUs, `max_ongoing_requests` 64) with latest.json's batch size, under /b on a fresh local Ray
+catalog entry (`benchmarks.throughput_harness.workload_entry`: the real-size checkpoint, two torch
+threads, two CPUs, `max_ongoing_requests` 64) with latest.json's batch size, under /b on a fresh local Ray
 (`benchmarks.servers.GatewayStack`), alone: no peer, no second app. Then it sends the run's request
 body (one 256x256 JPEG as a data: URL) from as many threads as latest.json's headline concurrency,
 each a closed loop on one `http.client` connection of its own: nothing of `benchmarks.load` (the
@@ -154,7 +154,7 @@ def measure(
     """Start the gateway app, drive it, stop it: per window `{"count", "slope"}` images/s, and the failures."""
     from benchmarks import models
     from benchmarks.servers import GatewayStack
-    from benchmarks.throughput import gateway_args, workload_entry
+    from benchmarks.throughput_harness import gateway_args, workload_entry
     from benchmarks.workloads import WORKLOADS
 
     workload = WORKLOADS[WORKLOAD]

@@ -173,7 +173,7 @@ def test_the_run_plan_sizes_every_system_from_its_own_run():
 
 
 def test_the_report_strikes_an_invalid_ratio_and_keeps_the_measured_value():
-    from benchmarks import report
+    from benchmarks import report, report_markdown
 
     rounds = [
         round_of({"raw": 5.0, "gateway": 4.90}, runs=1.5),
@@ -201,9 +201,9 @@ def test_the_report_strikes_an_invalid_ratio_and_keeps_the_measured_value():
     assert block["validity"]["ok"] is False
     assert block["ratios"]["gateway_vs_raw"]["rounds"] == pytest.approx([0.98, 1.39, 1.44])
     assert block["ratios"]["gateway_vs_raw"]["max_over_min"] == pytest.approx(1.44 / 0.98)
-    cell = report._ratio_cell(block["ratios"]["gateway_vs_raw"])
+    cell = report_markdown._ratio_cell(block["ratios"]["gateway_vs_raw"])
     assert cell.startswith("~~1.39 (0.98–1.44)~~") and "invalid" in cell
-    lines = "\n".join(report._validity_lines("siglip2_embed", block))
+    lines = "\n".join(report_markdown._validity_lines("siglip2_embed", block))
     assert "**Not a valid measurement:**" in lines
     assert "| gateway / raw | 1.39 | 0.98, 1.39, 1.44 | 0.98–1.44 | 1.47 | ⚠ no |" in lines
 
@@ -258,7 +258,7 @@ def _window(items_per_s: float, busy: float | None, runs: float = 12.0) -> dict[
 
 
 def test_the_report_gives_each_gateway_app_its_busy_fraction_and_target():
-    from benchmarks import report
+    from benchmarks import report, report_markdown
 
     rounds = []
     for busy, unbatched_busy in ((0.97, 0.80), (0.96, None), (0.99, 0.84)):
@@ -286,7 +286,7 @@ def test_the_report_gives_each_gateway_app_its_busy_fraction_and_target():
     assert block["busy_fraction"]["gateway_unbatched"] == pytest.approx(0.82)
     assert block["busy"]["gateway_unbatched"]["meets_target"] is False
     assert block["by_concurrency"]["gateway"]["32"]["busy_fraction"] == pytest.approx(0.97)
-    lines = "\n".join(report._busy_lines({"siglip2_embed": block}, ["siglip2_embed"]))
+    lines = "\n".join(report_markdown._busy_lines({"siglip2_embed": block}, ["siglip2_embed"]))
     assert "| siglip2_embed | gateway (batched) | 0.97 (0.96–0.99) | 0.97, 0.96, 0.99 |" in lines
     assert "| **no** |" in lines
 
