@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve
 
 from serve.errors import short_reason
-from serve.ray_compat import alive_actors, replica_class
+from serve.ray_compat import DeploymentOverview, alive_actors, deployment_overviews, replica_class
 from serve.standby import StandbyKeeper, StandbyLedger
 from serve.store import Store
 
@@ -43,7 +43,7 @@ class ModelStates:
         self.cache_s = cache_s
         self.app_name = app_name or serve.get_replica_context().app_name
         self._read_at = 0.0
-        self._deployments: dict[str, Any] = {}
+        self._deployments: dict[str, DeploymentOverview] = {}
         self._lock = asyncio.Lock()
         self._background: asyncio.Task | None = None
         self._routed: dict[str, float] = {}
@@ -124,9 +124,7 @@ class ModelStates:
         async with self._lock:
             if time.monotonic() - self._read_at < (self.cache_s if max_age_s is None else max_age_s):
                 return
-            status = await asyncio.to_thread(serve.status)
-            application = status.applications.get(self.app_name)
-            self._deployments = dict(application.deployments) if application else {}
+            self._deployments = await asyncio.to_thread(deployment_overviews, self.app_name)
             self._read_at = time.monotonic()
 
 

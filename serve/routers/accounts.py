@@ -15,7 +15,7 @@ from serve.routers.common import caller
 router = APIRouter()
 
 
-def accounts() -> AccountService:
+async def accounts() -> AccountService:
     return serve.get_replica_context().servable_object.account_service
 
 

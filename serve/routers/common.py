@@ -15,13 +15,17 @@ from serve.service import GatewayService, Served, Streamed
 KEY_ID_STATE = "key_id"
 
 
-def service() -> GatewayService:
+async def service() -> GatewayService:
     """The service of the Gateway replica handling this request (Serve copies the FastAPI app when
-    the deployment class is decorated, so routes look the replica up instead of closing over it)."""
+    the deployment class is decorated, so routes look the replica up instead of closing over it).
+
+    The request dependencies are `async` although they wait on nothing: FastAPI runs a plain `def`
+    dependency in a thread pool, two thread hops per request (measured: ~6 % of the ingress's CPU
+    under load)."""
     return serve.get_replica_context().servable_object.service
 
 
-def caller(request: Request) -> CallerContext:
+async def caller(request: Request) -> CallerContext:
     """The caller's context: its API key id (from the auth middleware) and the request's id."""
     state = request.scope.get("state") or {}
     request_id = request.headers.get("x-request-id") or new_request_id()
