@@ -600,15 +600,23 @@ def test_the_check_reads_its_reference_from_latest_json():
 
     latest = {
         "header": {"plan": {"quick": False}, "started_at": "x"},
-        "siglip2_embed": {"served_items_per_s": 2.52, "concurrency": 32, "batch_size": 8},
+        "siglip2_embed": {
+            "served_items_per_s": 2.52,
+            "concurrency": 32,
+            "batch_size": 8,
+            "ratios": {"gateway_vs_raw": {"median": 0.9, "rounds": [0.88, 0.9, 0.93]}},
+        },
     }
     assert reference(latest) == {
         "items_per_s": 2.52,
+        "gateway_vs_raw": 0.9,
         "concurrency": 32,
         "batch_size": 8,
         "quick": False,
         "started_at": "x",
     }
+    del latest["siglip2_embed"]["ratios"]
+    assert reference(latest)["gateway_vs_raw"] is None  # an older latest.json: no relative verdict
     with pytest.raises(SystemExit, match="no siglip2_embed results"):
         reference({"header": {}, "siglip2_embed": {"error": "RuntimeError: x"}})
 

@@ -1,0 +1,71 @@
+"""The independent check's own raw loop (benchmarks/check_raw.py) and its two verdicts, without Ray.
+
+The loop must do the work the gateway does for the same request (else a ratio against it means
+nothing): its embedding of the benchmark's image equals the SigLIP2 replica class's, on the tiny
+checkpoint with the same `from_pretrained` code as the real size."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from benchmarks.check import compare_relative
+from benchmarks.check_raw import PlainLoop
+from benchmarks.workloads import WORKLOADS
+from deployments.siglip2 import Siglip2
+from serve.contract import EmbedImagesCall
+from serve.image_codec import probe_image
+from serve.images import ImageLimits
+from tests.helpers import local_args
+
+SPECS = {spec["source"]: spec for spec in local_args()["models"]}
+
+
+@pytest.fixture(scope="module")
+def image_url() -> str:
+    return WORKLOADS["siglip2_embed"].image_url()
+
+
+@pytest.fixture(scope="module")
+def loop(checkpoints, image_url) -> PlainLoop:
+    return PlainLoop(checkpoints / "siglip2", image_url, batch_size=3, threads=1)
+
+
+def test_the_plain_loop_embeds_as_the_gateways_replica_does(checkpoints, loop, image_url):
+    import base64
+
+    vectors = loop.embed()
+    assert vectors.shape[0] == 3
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    replica = Siglip2(SPECS["siglip2"], str(checkpoints / "siglip2"))
+    jpeg = base64.b64decode(image_url.split(",", 1)[1])
+    encoded = probe_image(jpeg, ImageLimits(), "input")
+    # 256 patches, as the benchmark's catalog entry sets them (local.yaml's tiny default is 64)
+    served = asyncio.run(replica.run(EmbedImagesCall(images=(encoded,), max_num_patches=256))).vectors
+    np.testing.assert_allclose(vectors[0], np.asarray(served[0]), atol=1e-4)
+
+
+def test_a_window_counts_whole_runs_of_the_batch(loop):
+    measured = loop.window(0.2, warmup_runs=1)
+    assert measured["runs"] >= 1
+    assert measured["seconds"] >= 0.2
+    assert measured["images_per_s"] == pytest.approx(3 * measured["runs"] / measured["seconds"])
+
+
+def test_the_relative_verdict_compares_gateway_over_raw_with_latest():
+    latest = {"gateway_vs_raw": 0.88}
+    agrees = compare_relative([(1.85, 2.10), (2.00, 2.25), (1.70, 1.95)], latest["gateway_vs_raw"])
+    assert agrees["ratio"] == pytest.approx((1.85 / 2.10) / 0.88)  # the median round
+    assert agrees["per_round"] == pytest.approx([1.85 / 2.10, 2.00 / 2.25, 1.70 / 1.95])
+    assert agrees["agrees"] is True
+    # a gateway at 1.3x the raw loop where latest.json said 0.88: the artefact the check exists to catch
+    off = compare_relative([(2.6, 2.0), (2.6, 2.0), (2.6, 2.0)], 0.88)
+    assert off["agrees"] is False and off["ratio"] == pytest.approx(1.3 / 0.88)
+    assert compare_relative([(1.0, 1.0)], None) == {
+        "ratio": None,
+        "per_round": [1.0],
+        "agrees": False,
+        "why": "latest.json has no gateway / raw ratio for the workload",
+    }
