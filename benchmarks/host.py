@@ -2,7 +2,7 @@
 package versions and commit; the SIGTERM handler that turns a stop into a clean shutdown, and the
 command line's logging, run and result files.
 
-Shared by `benchmarks.overhead`, `benchmarks.ttft` and `benchmarks.photo`.
+Shared by `benchmarks.overhead`, `benchmarks.ttft`, `benchmarks.photo` and `benchmarks.metering`.
 """
 
 from __future__ import annotations

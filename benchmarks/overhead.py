@@ -83,7 +83,7 @@ def run(quick: bool, config_names: list[str] | None = None) -> dict[str, Any]:
     """The whole benchmark; a JSON-able dict with `markdown` (a ready section) and `validity` (reasons
     the figures are not a valid measurement; empty when they are). Each configuration runs in a child
     process with its own Ray, so this works whether or not this process runs Ray itself."""
-    from benchmarks.photo import make_photo
+    from benchmarks.photo_setup import make_photo
     from tools.tiny_checkpoints import build_all as build_tiny
 
     plan = QUICK if quick else FULL

@@ -202,7 +202,7 @@ def child(config_name: str, quick: bool, out: Path) -> int:
     """Measure one configuration on a fresh Ray in this process; write the JSON to `out`."""
     from benchmarks.load import LoadGenerator
     from benchmarks.metrics import http_window
-    from benchmarks.photo import data_url, make_photo
+    from benchmarks.photo_setup import data_url, make_photo
     from benchmarks.servers import GatewayStack
 
     plan = QUICK if quick else FULL

@@ -44,6 +44,10 @@ gateway decodes a JPEG only at the scale its processor needs (draft decode).
 Targets: gateway throughput >= 1.2x the raw loop and above every peer; gateway c=1 p50 <= the raw
 loop's. Writes benchmarks/results/photo.md and photo.json (the JSON also to --json).
 Every loop is bounded in count and time; everything started here is stopped on the way out.
+
+This module is the command line and the run; the plan, the photo and the thread setting are in
+`benchmarks.photo_setup`, the raw loop in `benchmarks.photo_raw`, the gateway and the peers in
+`benchmarks.photo_systems`, the ratios, validity and tables in `benchmarks.photo_figures`.
 """
 
 from __future__ import annotations
@@ -81,23 +85,18 @@ from benchmarks.photo_figures import (
     photo_validity,
     summarize,
 )
-from benchmarks.photo_systems import (
+from benchmarks.photo_raw import load_runners, measure_decomposition, time_user_loop
+from benchmarks.photo_setup import (
     FULL,
     PHOTO_PATH,
     PHOTO_QUALITY,
     PHOTO_SIZE,
     QUICK,
-    PhotoBench,
     Plan,
-    data_url,
-    draft_decode,
-    full_decode,
-    load_runners,
     make_photo,
-    measure_decomposition,
     replica_thread_env,
-    time_user_loop,
 )
+from benchmarks.photo_systems import PhotoBench
 from benchmarks.servers import ROOT
 
 __all__ = [  # what other modules and the tests use from here
@@ -108,12 +107,8 @@ __all__ = [  # what other modules and the tests use from here
     "THREADS",
     "THROUGHPUT_TARGET",
     "Plan",
-    "data_url",
-    "draft_decode",
-    "full_decode",
     "latency_validity",
     "main",
-    "make_photo",
     "markdown",
     "markdown_section",
     "model_summary",

@@ -707,7 +707,7 @@ def test_the_photo_benchmark_reads_its_setup_without_loading_torch():
     import sys
 
     code = (
-        "import sys; import benchmarks.photo as photo; from benchmarks.photo_systems import replica_thread_env;"
+        "import sys; import benchmarks.photo as photo; from benchmarks.photo_setup import replica_thread_env;"
         " from benchmarks.workloads import PHOTO_WORKLOADS, local_generation;"
         " print(replica_thread_env(), local_generation('microsoft/Florence-2-base'), 'torch' in sys.modules)"
     )
@@ -716,3 +716,19 @@ def test_the_photo_benchmark_reads_its_setup_without_loading_torch():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "{'OMP_WAIT_POLICY': 'PASSIVE'} {'max_new_tokens': 32, 'num_beams': 1} False"
+
+
+@pytest.mark.parametrize("module", ["run", "check", "metering", "photo", "ttft", "overhead"])
+def test_every_benchmark_command_starts(module):
+    # `make bench` runs benchmarks.run and then benchmarks.metering: a command whose imports broke
+    # (metering once imported helpers that had moved out of benchmarks.photo) fails only at the end
+    # of an 80-minute run; its --help imports what the command imports at the top
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", "--help"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout
