@@ -3,8 +3,10 @@
 The gateway needs a few things Ray has no public API for: starting an idle worker process ahead of
 work (standby workers, `serve.standby`), reading the GCS actor table (which node a replica runs on,
 the runtime env Ray gave it; `ray.util.state` needs the dashboard, which is off), the actor class
-names Serve gives its replicas and controller, and the string Ray writes for an actor's inherited
-runtime env. Each is a small function here, written against Ray 2.60 (pyproject.toml pins
+names Serve gives its replicas and controller, the string Ray writes for an actor's inherited
+runtime env, the deployments' states straight from the controller's details (`serve.status()`
+costs tens of ms of CPU a read), and, for the benchmark, Serve's resolved settings and HAProxy's
+files. Each is a small function here, written against Ray 2.60 (pyproject.toml pins
 `ray[serve]==2.60.*`); nothing else in the project imports `ray._private`, `ray.serve._private`,
 `ray.core.generated` or `ray._raylet` (tests/test_ray_compat.py checks).
 
