@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import stop_on_sigterm
+
 logger = logging.getLogger("benchmarks.check")
 
 WORKLOAD = "siglip2_embed"
@@ -197,7 +199,7 @@ def measure(
     plain = PlainLoop(checkpoint, image_url, batch_size)
     stack = GatewayStack(num_cpus=8)
     try:
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # after ray.init, which installs its own
+        signal.signal(signal.SIGTERM, stop_on_sigterm)  # after ray.init, which installs its own
         stack.deploy(APP, gateway_args([workload_entry(workload, checkpoint, batch_size)], APP), PREFIX)
         stack.wait_ready(PREFIX, timeout_s=300)
         port = int(stack.url.rsplit(":", 1)[1])
@@ -239,10 +241,6 @@ def measure(
         return rates, failures
     finally:
         stack.shutdown()
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,23 +51,21 @@ phase's code is in `benchmarks.plan` (what is measured) and `benchmarks.throughp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import platform
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from benchmarks import models, report
+from benchmarks import report
+from benchmarks.host import cpu_model, git_commit, package_version, stop_on_sigterm
 from benchmarks.phases import (
     OPTIONAL_MODULES,
     PHASE_ESTIMATE_S,
@@ -86,31 +84,6 @@ __all__ = ["FULL", "QUICK", "Plan", "header", "main", "window_plan"]
 logger = logging.getLogger("benchmarks.run")
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=models.ROOT, text=True).strip()
-        # The results of an earlier run are not a change to what is measured.
-        changed = ["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"]
-        dirty = subprocess.run(changed, cwd=models.ROOT, check=False).returncode != 0
-        return commit + ("-dirty" if dirty else "")
-    return None
-
-
 def header(
     plan: Plan, started_at: datetime, wall_s: float, ray_env: dict[str, str], phases: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -123,15 +96,15 @@ def header(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_time_s": wall_s,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "logical_cpus": psutil.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(),
             "load_average_at_end": [round(x, 2) for x in psutil.getloadavg()],
         },
         "python": platform.python_version(),
-        "versions": {package: _version(package) for package in packages},
-        "git_commit": _git_commit(),
+        "versions": {package: package_version(package) for package in packages},
+        "git_commit": git_commit(),
         "plan": asdict(plan),
         "phases_run": list(phases),
         "phase_estimates_s": {name: PHASE_ESTIMATE_S[name] for name in phases},
@@ -141,10 +114,6 @@ def header(
         "caption_tokens": CAPTION_TOKENS,
         "siglip2_patches": PATCHES,
     }
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     phases = ("throughput",) if args.tiny_only else tuple(p for p in PHASES if not args.phase or p in args.phase)
     estimate = sum(PHASE_ESTIMATE_S[p] for p in phases)
     logger.info("phases %s; a full run of them takes about %.0f min on 2 cores", ", ".join(phases), estimate / 60)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     started_at = datetime.now(UTC)
     started = time.perf_counter()
 
@@ -206,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             throughput, status[phase] = run_phase(phase, lambda: Benchmark(plan, ray_env).run())
             if "error" in throughput:
                 throughput = failed_throughput(throughput, [w.workload for w in plan.workloads])
-            signal.signal(signal.SIGTERM, _stop_on_sigterm)  # ray.init replaced it
+            signal.signal(signal.SIGTERM, stop_on_sigterm)  # ray.init replaced it
         elif phase == "photo":
             others[phase], status[phase] = run_phase(phase, lambda: photo_phase(args.quick, args.results, WORK_DIR))
         else:
             module = OPTIONAL_MODULES[phase]
             others[phase], status[phase] = run_phase(phase, lambda m=module: module_phase(m, args.quick))
-            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            signal.signal(signal.SIGTERM, stop_on_sigterm)
     results = merge_phases(throughput, others, status)
     results["header"] = header(plan, started_at, time.perf_counter() - started, ray_env, phases)
     if args.tiny_only:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import models
+from benchmarks.host import stop_on_sigterm
 from benchmarks.load import LoadGenerator
 from benchmarks.metrics import MIN_RUNS, runs_spanned, window_seconds
 from benchmarks.plan import SYSTEMS, THREADS, WorkloadPlan, job_limit_s, probe_sizes, system_batch, window_plan
@@ -54,7 +55,7 @@ class Benchmark(TinyCosts):
             self.gateway = GatewayStack(num_cpus=8, env=self.ray_env)
             self.exit.callback(self.gateway.shutdown)
             # After ray.init, which installs a SIGTERM handler that ends the process without cleanup.
-            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            signal.signal(signal.SIGTERM, stop_on_sigterm)
             results["tiny"] = guarded("tiny", self.measure_tiny)
             for workload_plan in self.plan.workloads:
                 results[workload_plan.workload] = guarded(
@@ -288,7 +289,3 @@ def log_round(workload: str, number: int, measured: dict[str, Any]) -> None:
         shown = "?" if runs is None else f"{runs:.1f}"
         parts.append(f"{name} {window['items_per_s']:.2f}/s ({window['items_per_s'] / raw:.0%}, {shown} runs)")
     logger.info("%s round %d: %s", workload, number, ", ".join(parts))
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
