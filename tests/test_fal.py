@@ -712,8 +712,8 @@ def test_no_job_runs_twice_with_two_ingress_replicas(tls_gateway):
     """Two ingress replicas' runners lease from one table: a job is run by one runner at a time. A job
     runs again only after its lease expired and the store queued it again (the kill test's job, or one
     whose runner stalled past the short test lease on a loaded machine), never because two runners
-    took it: every job's log has one start line per attempt and one "queued again" line before each
-    rerun."""
+    took it: every job's log has a start line for each attempt that got to log one, and a "queued
+    again" line from the store before each rerun."""
     with tls_gateway.client(headers={"Authorization": f"Key {KEY}"}) as http:
         submitted = [http.post(f"/fal/queue/{OD_APP}", json=IMAGE_ARGS).json() for _ in range(16)]
         for job in submitted:
@@ -727,7 +727,9 @@ def test_no_job_runs_twice_with_two_ingress_replicas(tls_gateway):
         messages = [line["message"] for line in json.loads(row["logs"])]
         starts = [m for m in messages if "(attempt " in m and ", runner " in m]
         requeued = [m for m in messages if "queued again" in m]
-        assert len(starts) == row["attempts"], (row["id"], messages)
+        # a runner killed between leasing a job and logging its start leaves an attempt without a
+        # start line (the kill test kills both ingress replicas, whatever the other one just leased)
+        assert 1 <= len(starts) <= row["attempts"], (row["id"], messages)
         assert len(requeued) >= row["attempts"] - 1, ("a rerun without its lease expiring", row["id"], messages)
     runners = {json.loads(row["logs"])[0]["message"].rsplit("runner ", 1)[1] for row in ran if row["logs"] != "[]"}
     assert len(runners) >= 2, "jobs ran in more than one ingress replica"
