@@ -211,3 +211,35 @@ def test_a_gracefully_stopped_runner_puts_its_job_back_at_once(url):
             assert (await store.lease_job("next", 30)).attempts == 2
 
     run(scenario())
+
+
+def test_a_caller_cancelled_mid_transaction_leaves_the_database_writable(url):
+    """Cancelled callers (a client gone, a runner stopping its lease watcher) are common. Without
+    `finish_when_cancelled` a task cancelled inside a transaction left SQLite's write lock held by a
+    pooled connection, and every other writer failed "database is locked" from then on."""
+
+    async def scenario():
+        async with await migrated(url) as store, Store(url, sqlite_busy_timeout_s=2) as other:
+            job = await submit(store)
+            await store.lease_job("runner", 60)
+
+            async def log_forever():
+                while True:
+                    await store.append_job_log(job.id, "runner", "a line")
+
+            cancelled_inside = 0
+            for trial in range(60):
+                task = asyncio.get_running_loop().create_task(log_forever())
+                await asyncio.sleep(0.001 * (trial % 7))
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task  # the caller still sees its cancellation
+                cancelled_inside += task.cancelled()
+                # another connection, as another ingress replica: it can write at once
+                assert await other.record_interest("florence-2-large") == trial + 1
+                assert await other.append_job_log(job.id, "runner", f"other {trial}")
+            assert cancelled_inside == 60
+            lines = (await other.get_job(job.id, "key_a")).logs
+            assert sum(line["message"].startswith("other ") for line in lines) == 60
+
+    run(scenario())

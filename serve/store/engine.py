@@ -8,22 +8,32 @@ SQLite gets real transactions: the Python driver's own implicit BEGIN (which ski
 SELECTs) is turned off and SQLAlchemy emits `BEGIN` itself, `BEGIN IMMEDIATE` where a transaction
 must hold the write lock from its first statement (migrations). WAL lets readers run beside the
 one writer; writers wait up to `sqlite_busy_timeout_s` for each other.
+
+A store operation is never cut short by the cancellation of its caller (`finish_when_cancelled`): a
+task cancelled inside a transaction leaves SQLAlchemy's pooled aiosqlite connection in that
+transaction, holding SQLite's write lock for good, and every other writer then fails "database is
+locked". Clients that disconnect mid-request and runners that stop a lease watcher cancel tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/gigarouter.sqlite3"
 DATABASE_URL_ENV = "GIGAROUTER_DATABASE_URL"
@@ -159,3 +169,35 @@ async def transaction(engine: AsyncEngine, **options: Any) -> AsyncIterator[Asyn
         if is_unavailable(error):
             raise StoreUnavailable(f"database {redacted(engine.url)} unavailable: {error}") from error
         raise
+
+
+def finish_when_cancelled(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """`method` runs in a task of its own: a cancelled caller waits for it to end (commit or roll
+    back, bounded by the busy and connect timeouts) and then sees its `CancelledError`."""
+
+    @functools.wraps(method)
+    async def finishing(*args: Any, **kwargs: Any) -> T:
+        work = asyncio.ensure_future(method(*args, **kwargs))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.shield(work)
+            except BaseException:  # its own failure, or a second cancellation: the first one wins
+                work.add_done_callback(_retrieve)
+            raise
+
+    return finishing
+
+
+def _retrieve(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()  # read, so that asyncio does not log "exception was never retrieved"
+
+
+def store_operations(cls: C) -> C:
+    """Applies `finish_when_cancelled` to every public coroutine method `cls` defines."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, finish_when_cancelled(member))
+    return cls

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from serve.store.engine import transaction
+from serve.store.engine import store_operations, transaction
 from serve.store.records import utcnow
 from serve.store.schema import jobs
 
@@ -94,6 +94,7 @@ def _scoped(query: Any, job_id: str, key_id: str | None) -> Any:
     return query.where(jobs.c.id == job_id, owner)
 
 
+@store_operations
 class JobStore:
     """The job methods of `serve.store.Store` (a mixin: it provides `self.engine`)."""
 

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from serve.store import migrate as migrations
-from serve.store.engine import StoreError, default_url, make_engine, redacted, transaction
+from serve.store.engine import StoreError, default_url, make_engine, redacted, store_operations, transaction
 from serve.store.jobs import JobStore
 from serve.store.records import (
     GroupBy,
@@ -85,6 +85,7 @@ def _within(query: sa.Select[Any], window_s: float | None, now: datetime | None)
     return query
 
 
+@store_operations
 class Store(JobStore):
     """The gateway's database (keys, usage, demand, standby claims, fal queue jobs: `serve.store.jobs`);
     see the module docstring."""
