@@ -25,6 +25,13 @@ and then, with the gateway idle, one 40-second window of the model alone in this
 plain loop written here (`benchmarks.check_raw`: decode, processor, `get_image_features`, batches of
 latest.json's batch size, two torch threads).
 
+Each round also says why its two figures differ: the gateway replica's `stats()` read at forward-pass
+ends at the window's edges (`benchmarks.servers.read_at_pass_end`) give its forward passes in the
+window, their mean batch size, seconds per pass and busy fraction; the plain loop's seconds per run
+are beside them. A gateway slower than the loop with the same seconds per pass starves its model
+(busy fraction); with slower passes, its model itself ran slower (CPU taken by other processes, or
+the VM).
+
 Two verdicts, each within 5 %:
 
 - relative (the exit status): the median over rounds of gateway / raw against latest.json's
@@ -54,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.host import stop_on_sigterm
+from benchmarks.metrics import busy_fraction
 
 logger = logging.getLogger("benchmarks.check")
 
@@ -141,6 +149,33 @@ def slope_rate(completed: list[float], start: float, end: float, step_s: float =
     return covariance / variance
 
 
+def model_window(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The gateway model's work between two `read_at_pass_end` readings: forward passes, their mean
+    batch size and seconds, the busy fraction, and whether both readings fell at a pass's end."""
+    before, after = first["reading"], last["reading"]
+    busy = busy_fraction(before, after, last["at"] - first["at"])
+    runs = busy["runs"]
+    items = after.get("items", 0) - before.get("items", 0)
+    return {
+        "passes": runs,
+        "mean_batch": items / runs if runs else None,
+        "pass_s": busy["busy_per_run_s"],
+        "busy_fraction": busy["busy_fraction"],
+        "aligned": first["aligned"] and last["aligned"],
+    }
+
+
+def model_line(rate: dict[str, Any]) -> str:
+    """One round's model figures as text: the gateway's forward passes against the plain loop's runs."""
+    model = rate.get("model") or {}
+    if not model.get("passes"):
+        return "gateway model: no forward pass ended in the window"
+    return (
+        f"gateway model: {model['passes']} passes of {model['mean_batch']:.1f} images, {model['pass_s']:.2f} s each,"
+        f" busy {model['busy_fraction']:.0%}; plain loop {rate['raw_run_s']:.2f} s a run"
+    )
+
+
 def compare(measured: float, reference: float | None, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """The check's verdict: `measured / reference`, and whether it is within `tolerance` of 1."""
     if not reference:
@@ -188,8 +223,8 @@ def measure(
     stop it. Per round `{"count", "slope", "raw"}` images/s, and the failures."""
     from benchmarks import models
     from benchmarks.check_raw import PlainLoop
-    from benchmarks.servers import GatewayStack
-    from benchmarks.throughput_harness import gateway_args, workload_entry
+    from benchmarks.servers import GatewayStack, read_at_pass_end
+    from benchmarks.throughput_harness import deployment_name, gateway_args, workload_entry
     from benchmarks.workloads import WORKLOADS
 
     workload = WORKLOADS[WORKLOAD]
@@ -216,26 +251,39 @@ def measure(
             window_s,
             window_s,
         )
+        name = deployment_name(workload.model_id)
+
+        def stats() -> dict[str, Any]:
+            return stack.stats(APP, name)
+
         rates, failures = [], []
         for number in range(windows):
             client = ClosedLoopClient(port, f"{PREFIX}{workload.path}", body, concurrency)
             start = time.perf_counter() + warmup_s
             client.start()
+            time.sleep(max(0.0, start - time.perf_counter()))
+            # a forward pass of the batch takes ~4 s on 2 cores: waiting up to 60 s for one to end is ample
+            first = read_at_pass_end(stats, limit_s=60)
             while time.perf_counter() < start + window_s:
                 time.sleep(0.2)
+            last = read_at_pass_end(stats, limit_s=60)
             client.stop(wait_s=120)
             failures += client.failures
+            raw = plain.window(window_s)
             rate = {
                 "count": count_rate(client.completed, start, start + window_s),
                 "slope": slope_rate(client.completed, start, start + window_s),
-                "raw": plain.window(window_s)["images_per_s"],
+                "raw": raw["images_per_s"],
+                "model": model_window(first, last),
+                "raw_run_s": raw["seconds"] / raw["runs"],
             }
             logger.info(
-                "round %d: gateway %.3f images/s (slope), %.3f (count); plain loop %.3f",
+                "round %d: gateway %.3f images/s (slope), %.3f (count); plain loop %.3f; %s",
                 number + 1,
                 rate["slope"],
                 rate["count"],
                 rate["raw"],
+                model_line(rate),
             )
             rates.append(rate)
         return rates, failures
@@ -281,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    for number, rate in enumerate(rates, 1):
+        print(f"round {number}: gateway / plain loop {rate['slope'] / rate['raw']:.3f}; {model_line(rate)}")
     print(verdict_lines(result, ref, len(rates), args.window))
     if failures:
         logger.error("%d requests failed, e.g. %s", len(failures), failures[0])

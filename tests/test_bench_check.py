@@ -11,7 +11,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from benchmarks.check import compare_relative
+from benchmarks.check import compare_relative, model_line, model_window
 from benchmarks.check_raw import PlainLoop
 from benchmarks.workloads import WORKLOADS
 from deployments.siglip2 import Siglip2
@@ -69,3 +69,25 @@ def test_the_relative_verdict_compares_gateway_over_raw_with_latest():
         "agrees": False,
         "why": "latest.json has no gateway / raw ratio for the workload",
     }
+
+
+def test_a_round_says_how_the_gateways_model_ran_in_the_window():
+    """Two `read_at_pass_end` readings -> passes, mean batch, seconds a pass, busy fraction: the
+    figures that tell a starved model (low busy fraction) from a slow one (long passes)."""
+    first = {"reading": {"runs": 10, "items": 80, "busy_s": 40.0}, "at": 100.0, "aligned": True}
+    last = {"reading": {"runs": 20, "items": 156, "busy_s": 78.0}, "at": 140.0, "aligned": True}
+    model = model_window(first, last)
+    assert model == {
+        "passes": 10,
+        "mean_batch": pytest.approx(7.6),
+        "pass_s": pytest.approx(3.8),
+        "busy_fraction": pytest.approx(0.95),
+        "aligned": True,
+    }
+    line = model_line({"model": model, "raw_run_s": 3.9})
+    assert line == "gateway model: 10 passes of 7.6 images, 3.80 s each, busy 95%; plain loop 3.90 s a run"
+    unaligned = model_window(first, {**last, "aligned": False})
+    assert unaligned["aligned"] is False
+    idle = model_window(first, {**first, "at": 140.0})
+    assert idle["passes"] == 0 and idle["pass_s"] is None
+    assert model_line({"model": idle, "raw_run_s": 3.9}) == "gateway model: no forward pass ended in the window"
