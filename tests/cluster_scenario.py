@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tools.launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "gigarouter"
@@ -67,12 +68,6 @@ def node_types() -> tuple[dict[str, float], dict[str, float]]:
     head = types[cluster["head_node_type"]]["resources"]
     gpu = min((t["resources"] for t in types.values() if t["resources"].get("GPU", 0) >= 1), key=lambda r: r["GPU"])
     return head, gpu
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def replica_nodes() -> dict[str, list[dict[str, str]]]:

@@ -23,12 +23,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools.launcher import free_port
 
 START_TIMEOUT_S = 30.0
 SETTINGS = {
@@ -60,12 +61,6 @@ def bin_dir() -> Path:
         "PostgreSQL server binaries not found (looked in $PG_BIN, /usr/lib/postgresql/*/bin and PATH):"
         " run `make postgres` (Debian: apt-get install postgresql) or set PG_BIN"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_as() -> pwd.struct_passwd | None:

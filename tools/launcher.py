@@ -61,11 +61,21 @@ def prepare_env(standby_grace_s: float | None = None) -> None:
         os.environ.setdefault(GRACE_ENV, str(standby_grace_s))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports a Ray node binds whatever else is free, when nothing sets them: GCS, object manager, Ray
+# client, the dashboard, the dashboard agent's HTTP server, Serve's fallback proxy and HAProxy's
+# metrics and stats. A port picked before Ray starts must not be one of them: the benchmark's
+# overhead phase once got 52365 for Serve, and the dashboard agent took it first.
+RAY_DEFAULT_PORTS = frozenset({6379, 8076, 10001, 8265, 52365, 8500, 9101, 8404})
+
+
+def free_port(avoid: frozenset[int] = RAY_DEFAULT_PORTS) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now and that is not in `avoid`."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 class LocalStack:
