@@ -11,6 +11,9 @@ A family module subclasses `VisionModel`, names its descriptor (`families/`), an
 
 Callers use `run(call)` or `stream(call)` (the gateway; token streaming in `deployments.streaming`)
 or the keyword methods below (other Serve apps' handles); batching never appears in family code.
+The rest of a replica's machinery comes from mixins: batched runs on the replica's threads
+(`deployments.model_runs`), image decoding (`deployments.image_inputs`) and text limits
+(`deployments.text_limits`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,14 +32,15 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from deployments.batching import Coalescer, RunStages, run_groups, scatter, work_of
+from deployments.image_inputs import ImageInputs, Picture
 from deployments.metrics import ModelMetrics
+from deployments.model_runs import ModelRuns
 from deployments.preload import PRELOADED_AT_ENV
 from deployments.streaming import Streaming, TokenSink
 from deployments.text_limits import TextLimits
 from families.base import HANDLE_NAMES, Family, InputNames, Task, check_task_input
 from families.registry import register
-from serve.config import BatchConfig, ModelSpec
+from serve.config import ModelSpec
 from serve.contract import (
     ClassifyCall,
     EmbedImagesCall,
@@ -51,21 +54,11 @@ from serve.contract import (
     ScoreCall,
 )
 from serve.errors import APIError, bad_request
-from serve.image_codec import decode_image_for, probe_image
 from serve.images import ImageLimits
 
 logger = logging.getLogger("gigarouter.model")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class Picture:
-    """A decoded image and the size it was sent at: results and regions are in pixels of `size`,
-    while `image` may be smaller (decoded at the scale the processor needs)."""
-
-    image: Image.Image
-    size: tuple[int, int]
 
 
 @dataclass
@@ -80,36 +73,7 @@ class GenerationRequest:
     picture: Picture
 
 
-@dataclass
-class _Group:
-    """Items of one run that share a forward pass, and what the last stage made of them."""
-
-    indices: list[int]
-    items: list[Any]
-    value: Any = None
-    failed: bool = False
-
-    def fail(self, error: BaseException) -> None:
-        self.value, self.failed = [error] * len(self.items), True
-
-
-@dataclass
-class _Run:
-    items: list[Any]
-    groups: list[_Group]
-
-
-@dataclass
-class _Queued:
-    item: Any
-    arrived: float
-
-    @property
-    def work(self) -> int:
-        return work_of(self.item)
-
-
-class VisionModel(TextLimits, Streaming):
+class VisionModel(TextLimits, Streaming, ImageInputs, ModelRuns):
     """One loaded model behind a Serve deployment; subclasses hold the family's model code."""
 
     descriptor: Family
@@ -139,19 +103,10 @@ class VisionModel(TextLimits, Streaming):
         self._count_lock = threading.Lock()
         # Streamed answers are decoded on the model's thread with a copy of their own (see `Streaming`).
         self.stream_tokenizer = copy.deepcopy(getattr(getattr(self, "processor", None), "tokenizer", None))
-        self.batches_run = 0
-        self.items_run = 0
         self.metrics = ModelMetrics(self.spec.id)
         self.metrics.replica_starts.inc()
         self.metrics.load.observe(self.load_seconds)
-        self.busy_s = self.prepare_s = self.finish_s = 0.0
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.descriptor.name}-model")
-        # One thread for the CPU stages: a processor's tokenizer must not be used by two threads at
-        # once (a fast tokenizer changing its padding settings while another call reads them fails)
-        self._cpu_threads = ThreadPoolExecutor(1, thread_name_prefix=f"{self.descriptor.name}-cpu")
-        defaults = BatchConfig()
-        stages = RunStages(self._prepare_run, self._core_run, self._finish_run)
-        self._coalescer = Coalescer(stages, defaults.max_batch_size, defaults.fill_wait_ratio)
+        self._start_runs()
         self.last_image: dict[str, Any] | None = None
         self.ready_at = time.time()
         logger.info(
@@ -274,90 +229,7 @@ class VisionModel(TextLimits, Streaming):
         kind = type(call).__name__.removesuffix("Call").lower() or "this call"
         return bad_request(f"{self.spec.id} ({self.descriptor.name}) does not serve {kind} calls", param="model")
 
-    # ----- plumbing -----
-
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply live batch settings from Serve's `user_config`."""
-        config = BatchConfig.model_validate(user_config or {})
-        self._coalescer.max_work = config.max_batch_size
-        self._coalescer.fill_wait_ratio = config.fill_wait_ratio
-        logger.info("%s batching: %s", self.spec.id, config.model_dump())
-
-    async def submit(self, item: Any) -> ModelResult:
-        """Queue one checked item (split into parts if it is worth more than a run takes) and wait for its result."""
-        parts = self.split(item, self._coalescer.max_work) if work_of(item) > self._coalescer.max_work else [item]
-        now = time.perf_counter()
-        results = await self._coalescer.run([_Queued(part, now) for part in parts])
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results[0] if len(parts) == 1 and parts[0] is item else self.join(item, results)
-
-    # A run's stages (see deployments.batching): the model on one thread of its own, the CPU work
-    # before and after it on others, so that preparing the next run and finishing the last one
-    # overlap the model instead of delaying it.
-
-    async def _prepare_run(self, queued: list[_Queued]) -> _Run:
-        started = time.perf_counter()
-        for entry in queued:
-            self.metrics.queue_wait.observe(started - entry.arrived)
-        items = [entry.item for entry in queued]
-        run = _Run(items, [_Group(indices, group) for indices, group in run_groups(items, self.group_key)])
-        await asyncio.get_running_loop().run_in_executor(self._cpu_threads, self._each_group, run, "prepare")
-        self.prepare_s += time.perf_counter() - started
-        return run
-
-    async def _core_run(self, run: _Run) -> _Run:
-        started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._model_thread, self._each_group, run, "core")
-        elapsed = time.perf_counter() - started
-        self.busy_s += elapsed
-        self.metrics.inference.observe(elapsed)
-        return run
-
-    async def _finish_run(self, run: _Run) -> list[Any]:
-        started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._cpu_threads, self._each_group, run, "finish")
-        results = scatter(len(run.items), [(group.indices, group.value) for group in run.groups])
-        self.batches_run += 1
-        self.items_run += len(run.items)
-        self.metrics.batch_size.observe(sum(work_of(item) for item in run.items))
-        self.metrics.requests.inc(len(run.items))
-        images = sum(r.usage.images for r in results if isinstance(r, ModelResult))
-        if images:  # Serve counters refuse increments of 0
-            self.metrics.images.inc(images)
-        self.finish_s += time.perf_counter() - started
-        return results
-
-    def _each_group(self, run: _Run, stage: str) -> None:
-        """One stage for every group of a run that has not failed (on a thread). A failing group
-        fails its own items, never the others of the run."""
-        for group in run.groups:
-            if group.failed:
-                continue
-            try:
-                with torch.inference_mode():
-                    if stage == "prepare":
-                        group.value = self.prepare(group.items)
-                    elif stage == "core":
-                        group.value = self.forward(group.items, group.value)
-                    else:
-                        group.value = self._checked(group.items, self.finish(group.items, group.value))
-            except APIError as error:
-                group.fail(error)
-            except Exception as error:
-                logger.exception("%s: a batch group of %d failed (%s)", self.spec.id, len(group.items), stage)
-                group.fail(RuntimeError(f"{self.spec.id} failed to run the request: {type(error).__name__}"))
-
-    def _predict_group(self, group: list[Any]) -> list[Any]:
-        """All three stages of one group in the calling thread (tests and the benchmark's in-process loop)."""
-        with torch.inference_mode():
-            return self._checked(group, self.predict(group))
-
-    def _checked(self, group: list[Any], outputs: list[Any]) -> list[Any]:
-        if len(outputs) != len(group):
-            raise RuntimeError(f"{type(self).__name__} returned {len(outputs)} results for {len(group)} items")
-        return outputs
+    # ----- the replica, for operators -----
 
     async def stats(self) -> dict[str, Any]:
         """Load time, batch counters and process of this replica."""
@@ -421,45 +293,6 @@ class VisionModel(TextLimits, Streaming):
     def input_names(call: GenerateCall) -> InputNames:
         names = call.param_names or {}
         return InputNames(text=names.get("text", HANDLE_NAMES.text), region=names.get("region", HANDLE_NAMES.region))
-
-    def processor_size(self) -> tuple[int, int] | None:
-        """The smallest (width, height) an image must keep for this family's processor to see every
-        pixel it would see of the full image: from its image processor's `size` (fixed or shortest edge)."""
-        size = getattr(getattr(self, "processor", None), "image_processor", None)
-        size = getattr(size, "size", None) or {}
-        if "height" in size and "width" in size:
-            return int(size["width"]), int(size["height"])
-        if "shortest_edge" in size:
-            return int(size["shortest_edge"]), int(size["shortest_edge"])
-        return None
-
-    def min_image_size(self, size: tuple[int, int], item_options: Any = None) -> tuple[int, int] | None:
-        """The smallest scale an image of `size` may be decoded at (None: full size)."""
-        return self.processor_size()
-
-    async def picture(self, value: EncodedImage | Image.Image | bytes, param: str = "image", item_options: Any = None) -> Picture:
-        """An image from a call, decoded on a thread at the smallest scale the processor needs.
-
-        Encoded bytes (the gateway's `EncodedImage`, or raw bytes from a handle) are checked against
-        the operator's image limits here too; a PIL image from a handle is used as it is.
-        """
-        if isinstance(value, Image.Image):
-            self.last_image = {"arrived_as": "PIL.Image", "bytes": None, "size": list(value.size), "decoded": None}
-            return Picture(value if value.mode == "RGB" else value.convert("RGB"), value.size)
-        arrived_as = type(value).__name__
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            value = probe_image(bytes(value), self.image_limits, param)
-        if not isinstance(value, EncodedImage):
-            raise bad_request(f"{param} must be an image: encoded bytes or a PIL image", param=param)
-        wanted = self.min_image_size(value.size, item_options)
-        image = await asyncio.to_thread(decode_image_for, value, self.image_limits, param, wanted)
-        self.last_image = {
-            "arrived_as": arrived_as,
-            "bytes": len(value.data),
-            "size": list(value.size),
-            "decoded": list(image.size),
-        }
-        return Picture(image, value.size)
 
     def generation_settings(self, max_new_tokens: int | None, num_beams: int | None) -> tuple[int, int]:
         """Apply configured defaults and caps to requested generation settings."""

@@ -11,7 +11,8 @@ from typing import Any
 
 from transformers import AutoModelForImageTextToText
 
-from deployments.base import Picture, VisionModel
+from deployments.base import VisionModel
+from deployments.image_inputs import Picture
 from deployments.streaming import TokenSink
 from families.base import Task
 from families.florence2 import FLORENCE2

@@ -9,7 +9,8 @@ from typing import Any
 
 from transformers import AutoModelForImageTextToText
 
-from deployments.base import Picture, VisionModel
+from deployments.base import VisionModel
+from deployments.image_inputs import Picture
 from families.kosmos2 import DEFAULT_CAPTION_PROMPT, KOSMOS2
 from serve.contract import Generation, ModelCall, Region, Usage
 from serve.errors import bad_request

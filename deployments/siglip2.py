@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModel
 from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
 
-from deployments.base import Picture, VisionModel
+from deployments.base import VisionModel
+from deployments.image_inputs import Picture
 from deployments.text_limits import context_exceeded
 from families.siglip2 import SIGLIP2, Siglip2Options
 from serve.contract import (

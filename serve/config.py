@@ -1,362 +1,68 @@
-"""Typed configuration: YAML args -> these models -> deployment options. Nothing else reads the YAML."""
+"""Typed configuration: YAML args -> these models -> deployment options. Nothing else reads the YAML.
+
+This module holds the application-level args (`AppArgs`, `GatewayConfig`); a catalog entry and its
+sections are in `serve.model_spec`, what every deployment is given in `serve.deployment_options`.
+`serve.config` stays the public path for all of them: operators, tools and tests import from here.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from families.registry import FAMILIES, family_of, load
+from families.registry import load
 from serve.auth import AuthConfig
-from serve.errors import bad_request
+from serve.deployment_options import (
+    DEMAND_POLICY_PATH,
+    REPLICA_ENV,
+    SCALE_TO_ZERO_DEFAULTS,
+    picks_interpreter,
+    with_env,
+)
 from serve.fal.settings import FalQueueConfig
 from serve.images import ImageLimits
 from serve.limits import RateLimitConfig
-from serve.standby import INTERPRETER_KEYS, preloading
+from serve.model_spec import (
+    WEB_URL_PATTERN,
+    BatchConfig,
+    Benchmark,
+    CardInfo,
+    DemandPolicy,
+    DeploymentConfig,
+    GenerationConfig,
+    Link,
+    ModelSpec,
+    Status,
+    Strict,
+    slug,
+)
 
-Status = Literal["live", "coming_soon"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BatchConfig(Strict):
-    """Live-tunable batching, delivered to replicas as Serve's `user_config`.
-
-    A model run takes everything that queued while the previous run was busy, up to
-    `max_batch_size` items of work: one per image, one per text (SigLIP2 texts, labels and score
-    texts). A request carrying more is split over several runs where its family can split it
-    (embeddings, scores); one that cannot be split (a classification with many labels) runs alone.
-    """
-
-    max_batch_size: int = Field(8, ge=1, le=256, description="items of work (images and texts) per model run")
-    fill_wait_ratio: float = Field(
-        0.05,
-        ge=0,
-        le=0.5,
-        description="before a batch that is not full, wait for more requests for at most this fraction of the"
-        " previous model run's duration (0: never wait)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _removed_settings(cls, data: Any) -> Any:
-        # Batches used to queue in Serve's `@serve.batch` and then in the coalescer, each with its
-        # own wait; there is one queue and one wait setting now.
-        if isinstance(data, dict) and "batch_wait_timeout_s" in data:
-            data = dict(data)
-            if data.pop("batch_wait_timeout_s") not in (0, 0.0, None):
-                raise ValueError(
-                    "batching.batch_wait_timeout_s was removed: a batch waits for more requests at most"
-                    " fill_wait_ratio of the previous run's duration; set fill_wait_ratio instead"
-                )
-        return data
-
-
-class GenerationConfig(Strict):
-    """Defaults and server-side caps for generation settings a request may ask for."""
-
-    max_new_tokens: int = Field(64, ge=1)
-    num_beams: int = Field(1, ge=1)
-    max_new_tokens_cap: int = Field(1024, ge=1)
-    num_beams_cap: int = Field(5, ge=1)
-
-    def check(self, max_new_tokens: int | None, num_beams: int | None, tokens_param: str = "max_tokens") -> None:
-        """A 400 naming the setting a request asks above its cap; unset settings pass."""
-        if max_new_tokens is not None and max_new_tokens > self.max_new_tokens_cap:
-            raise bad_request(f"{tokens_param} must be at most {self.max_new_tokens_cap}", param=tokens_param)
-        if num_beams is not None and num_beams > self.num_beams_cap:
-            raise bad_request(f"num_beams must be at most {self.num_beams_cap}", param="num_beams")
-
-    @model_validator(mode="after")
-    def _defaults_within_caps(self) -> GenerationConfig:
-        if self.max_new_tokens > self.max_new_tokens_cap:
-            raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_cap")
-        if self.num_beams > self.num_beams_cap:
-            raise ValueError("generation.num_beams must not exceed generation.num_beams_cap")
-        return self
-
-
-# The custom autoscaling policy of `demand_policy` (kept as a path: serve.autoscaling imports Ray).
-DEMAND_POLICY_PATH = "serve.autoscaling:DemandAwarePolicy"
-
-# Fast wake-up from zero: the router pushes its queue metrics every second and the controller
-# scales up at once (FACTS.md: ~1.1 s instead of ~10 s with Serve's defaults).
-SCALE_TO_ZERO_DEFAULTS: dict[str, Any] = {
-    "min_replicas": 0,
-    "initial_replicas": 0,
-    "max_replicas": 1,
-    "metrics_interval_s": 1.0,
-    "upscale_delay_s": 0.0,
-    "look_back_period_s": 30.0,
-    "downscale_delay_s": 300.0,
-    "downscale_to_zero_delay_s": 300.0,
-}
-
-
-# Ray Serve settings of every replica this app deploys (ingress and models), read by Serve as the
-# replica starts. Each thread hop on the request path and each log line written per request costs
-# CPU that a small machine's model needs (benchmarks/README.md has the measurements). A value set
-# under `ray_actor_options.runtime_env.env_vars` of a deployment wins over these.
-REPLICA_ENV: dict[str, str] = {
-    # user code and the handle's router run on the replica's own event loop, not in extra threads
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    # request-path (access) log lines are written in batches; errors are flushed at once
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
-
-
-def with_env(ray_actor_options: dict[str, Any], env: dict[str, str], app_env: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`ray_actor_options` whose runtime_env adds the application's (`app_env`) and our `env` variables.
-
-    Serve gives a deployment that sets its own runtime_env that env instead of the application's,
-    so the application's fields and variables are merged in here. Precedence, lowest first: our
-    `env`, the application's runtime_env, the deployment's own runtime_env (operator values win).
-    """
-    app_env = dict(app_env or {})
-    own = dict(ray_actor_options.get("runtime_env") or {})
-    runtime_env = {**{k: v for k, v in app_env.items() if k != "env_vars"}, **own}
-    runtime_env["env_vars"] = {**env, **(app_env.get("env_vars") or {}), **(own.get("env_vars") or {})}
-    return {**ray_actor_options, "runtime_env": runtime_env}
-
-
-def picks_interpreter(runtime_env: dict[str, Any] | None) -> list[str]:
-    """The runtime_env keys that choose another interpreter or environment (standby workers cannot match those)."""
-    return [key for key in INTERPRETER_KEYS if key in (runtime_env or {})]
-
-
-class DemandPolicy(Strict):
-    """Opt-in demand-aware autoscaling (`serve.autoscaling.DemandAwarePolicy`) for an autoscaled model.
-
-    Interest signals are `POST /v1/models/{id}/interest` calls counted in the store (`gateway.database_url`).
-    """
-
-    interest_window_s: float = Field(3600.0, gt=0, description="interest older than this does not count")
-    prewarm_interest: int | None = Field(
-        None, ge=1, description="wake a model at zero replicas when this much interest arrived within the window"
-    )
-    keep_warm_interest: int | None = Field(
-        None, ge=1, description="keep one replica of a running model while this much interest is within the window"
-    )
-    refresh_s: float = Field(10.0, ge=0, description="how often the controller re-reads the demand counts")
-
-    @model_validator(mode="after")
-    def _hysteresis(self) -> DemandPolicy:
-        if (
-            self.prewarm_interest is not None
-            and self.keep_warm_interest is not None
-            and self.keep_warm_interest > self.prewarm_interest
-        ):
-            raise ValueError("demand_policy.keep_warm_interest must not exceed demand_policy.prewarm_interest")
-        return self
-
-
-class DeploymentConfig(Strict):
-    """The Serve options of one model's deployment."""
-
-    name: str | None = None
-    num_replicas: int | None = Field(None, ge=0)
-    autoscaling_config: dict[str, Any] | None = None
-    max_ongoing_requests: int = Field(16, ge=1)
-    max_queued_requests: int = Field(
-        -1,
-        ge=-1,
-        description="requests the ingress's handle may hold waiting for a replica slot (-1: no bound); past it"
-        " the gateway answers 503 with Retry-After. Requests that arrive while the model has no replica (a"
-        " cold start: all of them wait in this queue) are not shed: the ingress sends a rejected one again"
-        " until it gets a place or its cold-start timeout passes. The bound is per calling ingress replica"
-        " (each has its own router).",
-    )
-    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
-    health_check_period_s: float | None = None
-    graceful_shutdown_timeout_s: float | None = None
-    max_constructor_retry_count: int | None = Field(
-        None, ge=1, description="failed replica starts (e.g. weights that do not load) before the deployment is failed"
-    )
-
-
-# Links end up in `href`s of the model pages: plain http(s) URLs only, never `javascript:` or `data:`.
-WEB_URL_PATTERN = r"^https?://[^\s<>\"'`]+$"
-
-
-class Benchmark(Strict):
-    """One published result, shown with its source on the model's page. Copy it from the source; never estimate."""
-
-    benchmark: str = Field(min_length=1, description="e.g. COCO Captions (Karpathy test)")
-    metric: str = Field(min_length=1, description="e.g. CIDEr, mAP, top-1 accuracy (%)")
-    value: float
-    source: str = Field(min_length=1, description="where the figure is published: paper or model card")
-    url: str | None = Field(None, pattern=WEB_URL_PATTERN, description="link to the source (http or https)")
-
-
-class Link(Strict):
-    title: str = Field(min_length=1)
-    url: str = Field(pattern=WEB_URL_PATTERN)
-
-
-class CardInfo(Strict):
-    """`card:` of a catalog entry: what the model's page (`/models/{id}`) says beyond the catalog fields."""
-
-    description: str = ""
-    specs: dict[str, str] = Field(default_factory=dict, description="key facts, shown as a table in this order")
-    benchmarks: list[Benchmark] = Field(default_factory=list)
-    links: list[Link] = Field(default_factory=list)
-
-
-class ModelSpec(Strict):
-    """One catalog entry: what is served under `id`, from which checkpoint, and how it is deployed."""
-
-    id: str = Field(min_length=1)
-    source: str = Field(min_length=1, description="checkpoint: a hub id or a local directory")
-    family: str = Field(description="a registered family (families/registry.py, or `families:` in the app args)")
-    status: Status = "live"
-    license: str | None = None
-    parameters: int | None = Field(None, ge=0, description="parameter count")
-    price_per_1k_images: float | None = Field(None, ge=0)
-    owned_by: str | None = None
-    created: int = 1700000000
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    torch_threads: int | None = Field(None, ge=1)
-    cpu_thread_wait: Literal["spin", "passive"] = Field(
-        "spin",
-        description="what idle torch CPU threads do between operations: spin briefly, then sleep (OpenMP's"
-        " default, best for real-size models), or sleep at once (OMP_WAIT_POLICY=PASSIVE: for models whose"
-        " forward takes milliseconds, so spinning threads do not take the cores from the ingress and proxy)",
-    )
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    batching: BatchConfig = Field(default_factory=BatchConfig)
-    options: dict[str, Any] = Field(default_factory=dict, description="family-specific settings")
-    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
-    cold_start_timeout_s: float | None = Field(
-        None, gt=0, description="how long a request may wait for this model to start (default: the gateway's)"
-    )
-    demand_policy: DemandPolicy | None = Field(None, description="demand-aware autoscaling (opt-in)")
-    card: CardInfo | None = Field(None, description="the model page's description, specs, benchmarks and links")
-    standby_worker: bool = Field(
-        True,
-        description="while this model has no replica, keep one idle worker process per node that has already"
-        " imported the model code, so a cold start skips ~5 s of imports (serve/standby.py). Costs ~420 MB of"
-        " memory per node while the model is cold, no CPU, GPU or Ray resources. Only for models that scale"
-        " to zero.",
-    )
-
-    @property
-    def deployment_name(self) -> str:
-        return self.deployment.name or slug(self.id)
-
-    @property
-    def tasks(self) -> list[str]:
-        return [task.name for task in family_of(self.family).tasks]
-
-    @model_validator(mode="after")
-    def _check_family(self) -> ModelSpec:
-        if self.family not in FAMILIES:
-            raise ValueError(
-                f"model {self.id}: unknown family '{self.family}'; known: {', '.join(sorted(FAMILIES))}"
-                " (a family of your own is named by import path under `families:` in the app args)"
-            )
-        try:
-            family_of(self.family).options.model_validate(self.options)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
-                for e in error.errors()
-            )
-            raise ValueError(f"model {self.id}: options: {problems}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _check_deployment(self) -> ModelSpec:
-        dep = self.deployment
-        if dep.max_ongoing_requests < self.batching.max_batch_size:
-            raise ValueError(
-                f"model {self.id}: deployment.max_ongoing_requests ({dep.max_ongoing_requests}) must be"
-                f" >= batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill"
-            )
-        if dep.num_replicas is not None and dep.autoscaling_config is not None:
-            raise ValueError(f"model {self.id}: set num_replicas or autoscaling_config, not both")
-        if self.status == "live" and self.min_replicas < 1:
-            raise ValueError(f"model {self.id}: a live model needs at least one replica")
-        if self.demand_policy is not None:
-            if dep.num_replicas is not None or (self.status == "live" and dep.autoscaling_config is None):
-                raise ValueError(
-                    f"model {self.id}: demand_policy needs an autoscaled deployment, not a fixed num_replicas"
-                )
-            if "policy" in (dep.autoscaling_config or {}):
-                raise ValueError(f"model {self.id}: set demand_policy or autoscaling_config.policy, not both")
-        if self.uses_standby:
-            chosen = picks_interpreter(dep.ray_actor_options.get("runtime_env"))
-            if chosen:
-                raise ValueError(
-                    f"model {self.id}: standby_worker needs Ray's default Python, but"
-                    f" ray_actor_options.runtime_env sets {', '.join(chosen)}; set standby_worker: false"
-                )
-        return self
-
-    @property
-    def uses_standby(self) -> bool:
-        """Whether a standby worker is kept for this model: asked for, and the model can be at zero replicas."""
-        return self.standby_worker and self.min_replicas == 0
-
-    @property
-    def thread_env(self) -> dict[str, str]:
-        # Only "passive" sets anything: OMP_WAIT_POLICY=ACTIVE would make idle threads spin for minutes.
-        return {"OMP_WAIT_POLICY": "PASSIVE"} if self.cpu_thread_wait == "passive" else {}
-
-    @property
-    def min_replicas(self) -> int:
-        if self.deployment.num_replicas is not None:
-            return self.deployment.num_replicas
-        if self.deployment.autoscaling_config is not None:
-            # a coming-soon model's autoscaling_config is applied over SCALE_TO_ZERO_DEFAULTS
-            defaults = SCALE_TO_ZERO_DEFAULTS if self.status == "coming_soon" else {}
-            return int({**defaults, **self.deployment.autoscaling_config}.get("min_replicas", 1))
-        return 0 if self.status == "coming_soon" else 1
-
-    def standby_with(self, app_env: dict[str, Any] | None) -> bool:
-        """Whether this model gets a standby worker inside an application whose runtime_env is `app_env`."""
-        return self.uses_standby and not picks_interpreter(app_env)
-
-    def serve_options(
-        self, source: str | None = None, demand_db: str | None = None, app_env: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The keyword arguments of `Deployment.options` for this model.
-
-        `demand_db`: the database URL, for `demand_policy`; `app_env`: the application's runtime_env, merged into the
-        replicas' (Serve would otherwise drop it for a deployment that sets its own).
-        """
-        dep = self.deployment
-        options: dict[str, Any] = {
-            "name": self.deployment_name,
-            "max_ongoing_requests": dep.max_ongoing_requests,
-            "max_queued_requests": dep.max_queued_requests,
-            "ray_actor_options": with_env(dep.ray_actor_options, {**REPLICA_ENV, **self.thread_env}, app_env),
-            "user_config": self.batching.model_dump(),
-        }
-        if dep.num_replicas is not None:
-            options["num_replicas"] = dep.num_replicas
-        elif self.status == "coming_soon":
-            options["autoscaling_config"] = {**SCALE_TO_ZERO_DEFAULTS, **(dep.autoscaling_config or {})}
-        elif dep.autoscaling_config is not None:
-            options["autoscaling_config"] = dict(dep.autoscaling_config)
-        else:
-            options["num_replicas"] = 1
-        if self.demand_policy is not None:
-            options["autoscaling_config"]["policy"] = {
-                "policy_function": DEMAND_POLICY_PATH,
-                "policy_kwargs": {"model_id": self.id, "database_url": demand_db, **self.demand_policy.model_dump()},
-            }
-        if self.standby_with(app_env):
-            options["ray_actor_options"] = preloading(options["ray_actor_options"])
-        for key in ("health_check_period_s", "graceful_shutdown_timeout_s", "max_constructor_retry_count"):
-            if getattr(dep, key) is not None:
-                options[key] = getattr(dep, key)
-        return options
+# Defined here, or re-exported from serve.model_spec and serve.deployment_options for the public path.
+__all__ = [
+    "AppArgs",
+    "BatchConfig",
+    "Benchmark",
+    "CardInfo",
+    "DEMAND_POLICY_PATH",
+    "DemandPolicy",
+    "DeploymentConfig",
+    "GatewayConfig",
+    "GenerationConfig",
+    "HUB_ID",
+    "Link",
+    "ModelSpec",
+    "REPLICA_ENV",
+    "SCALE_TO_ZERO_DEFAULTS",
+    "Status",
+    "Strict",
+    "WEB_URL_PATTERN",
+    "picks_interpreter",
+    "slug",
+    "with_env",
+]
 
 
 class GatewayConfig(Strict):
@@ -495,8 +201,3 @@ class AppArgs(Strict):
 
 # A Hugging Face hub repository id: `owner/name`.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def slug(model_id: str) -> str:
-    """The short name of a model id: `microsoft/Florence-2-large` -> `florence-2-large`."""
-    return re.sub(r"[^a-z0-9.-]+", "-", model_id.rsplit("/", 1)[-1].lower()).strip("-")

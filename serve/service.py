@@ -4,47 +4,40 @@ Each takes a typed request (the pydantic models of `serve.protocol`) and a `Call
 returns `Served`: the typed response body, the typed `Usage` of the call, and whether it waited
 through a model's start (a streamed answer: `Streamed`, its usage recorded when it ends). HTTP
 routes (`serve/routers/`) only parse and render around these; job runners, batch files and the web
-pages call them directly. Errors are `APIError`s.
+pages call them directly. Errors are `APIError`s. How the operations reach the models (lookups,
+client images, metered calls) is `serve.model_access.ModelAccess`, the base of `GatewayService`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, get_args
+from typing import Generic, TypeVar, get_args
 
 import numpy as np
 
-from families.base import ENDPOINT_PATHS, HTTP_TASK_NAMES, Task, TaskCategory, check_task_input
+from families.base import HTTP_TASK_NAMES, Task, TaskCategory, check_task_input
 from families.registry import family_of
-from serve.accounts import Accounts, store_unavailable
+from serve.accounts import store_unavailable
 from serve.annotate import annotate
-from serve.config import GatewayConfig, ModelSpec
 from serve.context import CallerContext
 from serve.contract import (
     ClassifyCall,
     EmbedImagesCall,
     EmbedTextsCall,
-    EncodedImage,
     GenerateCall,
     Generation,
     GenerationDelta,
-    ModelCall,
-    ModelResult,
     Region,
     ScoreCall,
     Usage,
 )
-from serve.control import ControlPlane
-from serve.dispatch import Dispatcher
-from serve.metering import metered
-from serve.store import Store, StoreError
-from serve.errors import APIError, bad_request, model_not_found
+from serve.errors import bad_request
 from serve.health import Readiness
 from serve.image_codec import decode_image
-from serve.images import load_encoded
+from serve.model_access import ModelAccess, ResultStream
+from serve.model_spec import ModelSpec
 from serve.protocol import (
     ChatChoice,
     ChatCompletion,
@@ -71,6 +64,7 @@ from serve.protocol import (
     encode_vector,
 )
 from serve.protocol import Usage as UsageBody
+from serve.store import StoreError
 
 T = TypeVar("T")
 
@@ -91,28 +85,6 @@ class Streamed(Generic[T]):
 
     body: T
     cold: bool = False
-
-
-class ResultStream:
-    """A metered model call streamed (`GatewayService.stream`): iterating yields the replica's items
-    (`GenerationDelta`s, then the `Generation`); a failure after the first item ends the iteration
-    with an `APIError`.
-
-    The replica's stream is read to its end by a task of its own, so that a caller who stops early
-    (a client that disconnects) leaves the call to finish and its usage to be recorded."""
-
-    def __init__(self, cold: bool, items: asyncio.Queue) -> None:
-        self.cold = cold
-        self._items = items
-
-    async def __aiter__(self) -> AsyncIterator[GenerationDelta | ModelResult]:
-        while (item := await self._items.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-
-_END = object()
 
 
 # The catalog page's filters, in this order.
@@ -146,144 +118,12 @@ def usage_body(usage: Usage) -> UsageBody:
     )
 
 
-class GatewayService:
-    """The models of one gateway and what can be asked of them."""
+class GatewayService(ModelAccess):
+    """The models of one gateway and what can be asked of them.
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        specs: list[ModelSpec],
-        dispatcher: Dispatcher,
-        control: ControlPlane,
-        store: Store,
-        accounts: Accounts | None = None,
-    ) -> None:
-        self.config = config
-        self.specs = {spec.id: spec for spec in specs}
-        self.by_name = {spec.deployment_name: spec for spec in specs}
-        self.by_lower = {
-            **{spec.deployment_name.lower(): spec for spec in specs},
-            **{spec.id.lower(): spec for spec in specs},
-        }
-        self.dispatcher = dispatcher
-        self.control = control
-        self.store = store
-        self.accounts = accounts
-        self._streams: set[asyncio.Task] = set()  # held: a task nobody references may be collected
-
-    def meter(self, context: CallerContext, spec: ModelSpec, endpoint: str, task: str | None, images: int):
-        """Admission and the usage row of one model call (`serve.metering.metered`)."""
-        return metered(self.accounts, context, spec, endpoint, task, images)
-
-    async def call(
-        self, spec: ModelSpec, call: ModelCall, context: CallerContext, endpoint: str
-    ) -> tuple[ModelResult, bool]:
-        """One metered model call: admitted for the caller's key, dispatched, its usage recorded."""
-        images = len(call.images) if hasattr(call, "images") else int(hasattr(call, "image"))
-        async with self.meter(context, spec, endpoint, getattr(call, "task", None), images) as meter:
-            result, cold = await self.dispatcher.call(spec, call, context)
-            meter.usage = result.usage
-        return result, cold
-
-    async def stream(self, spec: ModelSpec, call: GenerateCall, context: CallerContext, endpoint: str) -> ResultStream:
-        """One metered generate call, streamed: returned once its first item has arrived (an error
-        before that is raised here, as from `call`); its usage is recorded once, from the final
-        `Generation`, when the replica has sent it."""
-        opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        items: asyncio.Queue[Any] = asyncio.Queue()
-        # Read in a context of its own: Serve (and Ray under it) cancel the calls made in a request's
-        # context when its client goes away, and this one must run to its end to be metered. It is
-        # cancelled here if the caller leaves before the answer begins.
-        reading = self._read_stream(spec, call, context, endpoint, opened, items)
-        reader = asyncio.create_task(reading, context=contextvars.Context())
-        self._streams.add(reader)
-        reader.add_done_callback(self._streams.discard)
-        try:
-            cold = await opened
-        except asyncio.CancelledError:  # the caller left before the answer began: so does the call
-            reader.cancel()
-            raise
-        return ResultStream(cold, items)
-
-    async def _read_stream(
-        self,
-        spec: ModelSpec,
-        call: GenerateCall,
-        context: CallerContext,
-        endpoint: str,
-        opened: asyncio.Future[bool],
-        items: asyncio.Queue[Any],
-    ) -> None:
-        """Admit, open and read one streamed call to its end into `items`, metered like `call`."""
-        try:
-            async with self.meter(context, spec, endpoint, call.task, 1) as meter:
-                stream = await self.dispatcher.stream(spec, call, context)
-                if not opened.done():
-                    opened.set_result(stream.cold)
-                async for item in stream:
-                    if isinstance(item, ModelResult):
-                        meter.usage = item.usage
-                    items.put_nowait(item)
-        except asyncio.CancelledError:
-            opened.cancel()
-            raise
-        except Exception as error:  # an APIError, already recorded by the meter
-            if opened.done():
-                items.put_nowait(error)
-            else:
-                opened.set_exception(error)
-        finally:
-            items.put_nowait(_END)
-
-    async def interest_counts(self) -> dict[str, int]:
-        try:
-            return await self.store.interest_counts()
-        except StoreError:
-            raise store_unavailable("the demand counts cannot be read") from None
-
-    # ----- lookups -----
-
-    def find(self, name: str) -> ModelSpec:
-        """A model by its id (`microsoft/Florence-2-large`) or its deployment name (`florence-2-large`); 404 otherwise."""
-        # exact id, deployment name, or either in another letter case; never a partial path
-        spec = self.specs.get(name) or self.by_name.get(name) or self.by_lower.get(name.lower())
-        if spec is None:
-            raise model_not_found(name)
-        return spec
-
-    def model(self, name: str, endpoint: str) -> ModelSpec:
-        """A model that answers on `endpoint`; 400 naming the endpoints it serves otherwise."""
-        spec = self.find(name)
-        endpoints = family_of(spec.family).endpoints
-        if endpoint not in endpoints:
-            served = ", ".join(ENDPOINT_PATHS[e] for e in sorted(endpoints))
-            raise bad_request(
-                f"The model '{spec.id}' does not support {ENDPOINT_PATHS[endpoint]}; it serves {served}",
-                param="model",
-                code="unsupported_endpoint",
-            )
-        return spec
-
-    def task(self, model_name: str, task_name: str) -> tuple[ModelSpec, Task]:
-        """The model and task that a task endpoint `/v1/vision/{model_name}/{task_name}` names."""
-        spec = self.find(model_name)
-        family = family_of(spec.family)
-        task = family.task(task_name)
-        if task is None or task.endpoint != "chat":
-            tasks = ", ".join(t.name for t in family.chat_tasks())
-            message = f"The model '{spec.id}' has no task '{task_name}'"
-            if not tasks:
-                paths = ", ".join(ENDPOINT_PATHS[e] for e in sorted(family.endpoints))
-                raise APIError(404, f"{message}; use {paths}", param="task", code="task_not_found")
-            raise APIError(404, f"{message}; its tasks are: {tasks}", param="task", code="task_not_found")
-        return spec, task
-
-    async def image(self, url: str, param: str) -> EncodedImage:
-        """A client's image URL as checked, encoded bytes (nothing decoded here)."""
-        return await load_encoded(url, self.config.images, param)
-
-    async def images(self, urls: list[str], params: list[str]) -> tuple[EncodedImage, ...]:
-        return tuple(await asyncio.gather(*(self.image(url, p) for url, p in zip(urls, params))))
+    Constructed as `ModelAccess` (config, specs, dispatcher, control plane, store, accounts), which
+    also gives the lookups (`find`, `model`, `task`), image fetches and metered `call`/`stream`.
+    """
 
     # ----- inference -----
 
@@ -420,6 +260,12 @@ class GatewayService:
         return Served(VisionTaskResponse(results=result.results, image=drawn), result.usage, cold)
 
     # ----- the catalog -----
+
+    async def interest_counts(self) -> dict[str, int]:
+        try:
+            return await self.store.interest_counts()
+        except StoreError:
+            raise store_unavailable("the demand counts cannot be read") from None
 
     async def list_models(self) -> ModelList:
         demand = await self.interest_counts()

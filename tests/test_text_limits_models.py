@@ -16,7 +16,7 @@ from deployments.blip import Blip, BlipItem
 from deployments.florence2 import Florence2, Florence2Item
 from deployments.kosmos2 import Kosmos2, Kosmos2Item
 from deployments.siglip2 import Siglip2, TextsItem
-from deployments.base import Picture
+from deployments.image_inputs import Picture
 from families.registry import family_of
 from serve.errors import APIError
 from tests.helpers import local_args

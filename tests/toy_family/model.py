@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from deployments.base import Picture, VisionModel
+from deployments.base import VisionModel
+from deployments.image_inputs import Picture
 from families.base import Task, check_task_input
 from serve.contract import GenerateCall, Generation, ModelCall, Region, Usage
 from serve.protocol import checked_region
