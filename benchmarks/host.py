@@ -14,6 +14,7 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -36,12 +37,23 @@ class CpuWitness:
 
     `stop()` returns `foreign_cores` (busy CPU seconds of everything else per wall second) and
     `steal_cores` (time the hypervisor gave to other machines), both averaged over the span.
+
+    Our processes are sampled every `sample_s` on a thread of its own, not only at the span's ends:
+    a Ray started and stopped inside the span (the ttft phase's gateway) has no process left at
+    `stop()`, and its CPU was once all counted as foreign (1.76 cores "of other processes" in a
+    ttft phase on a quiet machine). What a process of ours uses after its last sample is missed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sample_s: float = 0.5) -> None:
         self.started = time.monotonic()
         self.busy = self._busy()
-        self.ours = self._ours()
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._sample(initial=True)
+        self._stopping = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_until_stopped, args=(sample_s,), daemon=True)
+        self._sampler.start()
 
     @staticmethod
     def _busy() -> tuple[float, float]:
@@ -49,19 +61,28 @@ class CpuWitness:
         busy = sum(getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
         return busy, getattr(times, "steal", 0.0)
 
-    @staticmethod
-    def _ours() -> dict[int, float]:
-        used = {}
+    def _sample(self, initial: bool = False) -> None:
+        """CPU seconds of this process and each descendant now; a process first seen after the span
+        began counts from zero."""
         for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                used[process.pid] = times.user + times.system
-        return used
+                with self._lock:
+                    self._first.setdefault(process.pid, times.user + times.system if initial else 0.0)
+                    self._last[process.pid] = times.user + times.system
+
+    def _sample_until_stopped(self, sample_s: float) -> None:
+        while not self._stopping.wait(sample_s):
+            self._sample()
 
     def stop(self) -> dict[str, float]:
+        self._stopping.set()
+        self._sampler.join()
+        self._sample()
         wall = max(1e-9, time.monotonic() - self.started)
         busy, steal = self._busy()
-        ours = sum(now - self.ours.get(pid, 0.0) for pid, now in self._ours().items())
+        with self._lock:
+            ours = sum(max(0.0, last - self._first.get(pid, 0.0)) for pid, last in self._last.items())
         return {
             "foreign_cores": round(max(0.0, busy - self.busy[0] - ours) / wall, 3),
             "steal_cores": round(max(0.0, steal - self.busy[1]) / wall, 3),

@@ -336,6 +336,21 @@ def test_foreign_load_reason():
     assert len(reasons) == 1 and reasons[0].startswith("round 1 haproxy: other processes used 0.90 cores")
 
 
+def test_a_child_that_worked_and_exited_inside_the_span_is_not_foreign():
+    """Ray started and stopped within a span (the ttft phase's gateway) leaves no process at stop();
+    its CPU is ours all the same."""
+    import subprocess
+    import sys
+
+    witness = host.CpuWitness(sample_s=0.1)
+    burn = "import time\nend = time.process_time() + 1.5\nwhile time.process_time() < end: pass\n"
+    child = subprocess.run([sys.executable, "-c", burn], check=True)
+    assert child.returncode == 0
+    measured = witness.stop()
+    # the child's 1.5 CPU seconds over a span of ~1.6 s would read as ~0.9 foreign cores
+    assert measured["foreign_cores"] < 0.5, measured
+
+
 def test_cpu_witness_reports_cores():
     witness = host.CpuWitness()
     sum(i * i for i in range(200_000))  # this process's own work is not foreign
