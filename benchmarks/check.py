@@ -13,17 +13,21 @@ each a closed loop on one `http.client` connection of its own: nothing of `bench
 asyncio + httpx load generator) or of `benchmarks.metrics`' window arithmetic is used, so a fault in
 either would show up as a disagreement.
 
-Three rounds; in each, after a 15-second warm-up, one 40-second window of the gateway, measured two
-ways:
+First one 40-second window of the model alone in this process, in a plain loop written here
+(`benchmarks.check_raw`: decode, processor, `get_image_features`, batches of latest.json's batch
+size, two torch threads), with the gateway idle. Then three rounds; in each, after a 15-second
+warm-up, one 40-second window of the gateway, measured two ways:
 
 - `count`: responses completed in the window over its 40 s. A batching server answers in lumps (8
   responses at once every ~2.8 s), so this moves by up to one lump (~7 %) with where the edges fall;
 - `slope`: the least-squares slope of the cumulative number of responses, sampled every 50 ms over
   the window; a line through a staircase is barely moved by where its steps fall (< 1 % here).
 
-and then, with the gateway idle, one 40-second window of the model alone in this process, in a
-plain loop written here (`benchmarks.check_raw`: decode, processor, `get_image_features`, batches of
-latest.json's batch size, two torch threads).
+and then, with the gateway idle, another 40-second window of the plain loop. A round's plain-loop
+figure is taken from the windows on both sides of its gateway window (images over their summed
+seconds): this VM's speed drifts by up to ~30 % between windows a minute apart (the model's own
+forward pass went from 0.57 to 0.73 s), and a plain window on each side moves with it, where one
+window after the gateway's made one round of an earlier check read 0.70 against 1.02 and 1.04.
 
 Each round also says why its two figures differ: the gateway replica's `stats()` read at forward-pass
 ends at the window's edges (`benchmarks.servers.read_at_pass_end`) give its forward passes in the
@@ -35,8 +39,9 @@ the VM).
 Two verdicts, each within 5 %:
 
 - relative (the exit status): the median over rounds of gateway / raw against latest.json's
-  `siglip2_embed.ratios.gateway_vs_raw.median`. Both sides are taken minutes apart on the same
-  machine, so this holds however fast the machine runs today;
+  `siglip2_embed.ratios.gateway_vs_raw.median` (whose rounds also measure the raw loop on both
+  sides of the gateway). Both sides are taken minutes apart on the same machine, so this holds
+  however fast the machine runs today;
 - absolute (reported): the median `slope` against latest.json's gateway figure
   (`siglip2_embed.served_items_per_s`). On a shared VM whose speed drifts by ~10 % between
   40-second windows (measured: the same raw loop at 2.13, 2.04 and 1.89 images/s in three rounds
@@ -149,6 +154,15 @@ def slope_rate(completed: list[float], start: float, end: float, step_s: float =
     return covariance / variance
 
 
+def both_sides(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The plain loop's windows before and after a gateway window as one: images over their summed
+    seconds. The machine's speed drifts between windows (up to ~30 % a minute apart here); a plain
+    window on each side of the gateway's moves with it."""
+    seconds = before["seconds"] + after["seconds"]
+    images = before["images_per_s"] * before["seconds"] + after["images_per_s"] * after["seconds"]
+    return {"images_per_s": images / seconds, "seconds": seconds, "runs": before["runs"] + after["runs"]}
+
+
 def model_window(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     """The gateway model's work between two `read_at_pass_end` readings: forward passes, their mean
     batch size and seconds, the busy fraction, and whether both readings fell at a pass's end."""
@@ -257,6 +271,7 @@ def measure(
             return stack.stats(APP, name)
 
         rates, failures = [], []
+        before = plain.window(window_s)
         for number in range(windows):
             client = ClosedLoopClient(port, f"{PREFIX}{workload.path}", body, concurrency)
             start = time.perf_counter() + warmup_s
@@ -269,23 +284,27 @@ def measure(
             last = read_at_pass_end(stats, limit_s=60)
             client.stop(wait_s=120)
             failures += client.failures
-            raw = plain.window(window_s)
+            after = plain.window(window_s)
+            raw = both_sides(before, after)
             rate = {
                 "count": count_rate(client.completed, start, start + window_s),
                 "slope": slope_rate(client.completed, start, start + window_s),
                 "raw": raw["images_per_s"],
+                "raw_sides": [before["images_per_s"], after["images_per_s"]],
                 "model": model_window(first, last),
                 "raw_run_s": raw["seconds"] / raw["runs"],
             }
             logger.info(
-                "round %d: gateway %.3f images/s (slope), %.3f (count); plain loop %.3f; %s",
+                "round %d: gateway %.3f images/s (slope), %.3f (count); plain loop %.3f (%.3f before, %.3f after); %s",
                 number + 1,
                 rate["slope"],
                 rate["count"],
                 rate["raw"],
+                *rate["raw_sides"],
                 model_line(rate),
             )
             rates.append(rate)
+            before = after
         return rates, failures
     finally:
         stack.shutdown()

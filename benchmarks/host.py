@@ -86,6 +86,7 @@ class CpuWitness:
         return {
             "foreign_cores": round(max(0.0, busy - self.busy[0] - ours) / wall, 3),
             "steal_cores": round(max(0.0, steal - self.busy[1]) / wall, 3),
+            "own_cpu_s": round(ours, 2),
             "wall_s": round(wall, 1),
         }
 

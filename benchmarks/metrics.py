@@ -109,6 +109,11 @@ def spread(values: list[float]) -> dict[str, float | None]:
 
 MIN_RUNS = 10
 """Model runs (at the headline batch size) a throughput window must span to count as a measurement."""
+BOUNDARY_RUNS = 4
+"""The fewest model runs a window of a slow model may span: its throughput is counted between run
+boundaries (the raw loop sums whole runs; `throughput` counts whole periods between the first and
+last completion event), so no window edge enters it, and 4 runs leave 3 whole periods. Used where
+ten runs would take minutes a window (a BLIP batch of 8 takes ~20 s on 2 cores)."""
 MAX_RATIO_VS_RAW = 1.05
 """A served system faster than the raw loop by more than this is a measurement error until explained."""
 MAX_ROUND_SPREAD = 1.15

@@ -59,9 +59,9 @@ class Plan:
 
 
 FULL = Plan(
-    runs=20,
+    runs=12,
     warmup=2,
-    sample_budget_s=30.0,
+    sample_budget_s=20.0,
     min_runs=5,
     rounds=2,
     c1_requests=10,

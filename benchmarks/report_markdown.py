@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.metrics import BUSY_TARGET, MAX_RATIO_VS_RAW, MAX_ROUND_SPREAD, MIN_RUNS
+from benchmarks.metrics import BOUNDARY_RUNS, BUSY_TARGET, MAX_RATIO_VS_RAW, MAX_ROUND_SPREAD, MIN_RUNS
 from benchmarks.report import LABELS, PHASE_SECTIONS, SYSTEM_FIELDS, is_failed
 
 
@@ -108,8 +108,9 @@ def _throughput_table(summary: dict[str, Any], workloads: list[str], failed: lis
         "## Throughput at the headline concurrency (items/s)",
         "",
         (
-            "Ratios are struck through and marked ⚠ when they are not a valid result (a window of fewer than"
-            f" {MIN_RUNS} model runs, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
+            "Ratios are struck through and marked ⚠ when they are not a valid result (a window of fewer model"
+            f" runs than the workload's minimum, {MIN_RUNS} or {BOUNDARY_RUNS} where throughput is counted between"
+            " run boundaries, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
             f" ratios whose max / min exceeds {MAX_ROUND_SPREAD:g}); the reasons are listed below and in"
             " latest.json's `validity`."
         ),

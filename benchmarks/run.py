@@ -28,16 +28,18 @@ proxy listens on 127.0.0.1:
    fill); the gateway with that batch size and with
    `max_batch_size: 1` (two apps, each holding only this model); the naive server; LitServe with
    the gateway's batch settings. Every system is started once and reused. Then one model run at
-   the chosen batch size and one of a single item are timed, and every window is sized from them:
-   it spans `MIN_RUNS` (10) runs of the system's own model call (the headline batch for the raw
-   loop, the gateway and LitServe; one item for the two systems that never batch), after a warm-up
-   of several runs. Rounds interleave the systems (raw, gateway, gateway unbatched, naive,
-   LitServe), one under load at a time, at the workload's headline concurrency; ratios are taken
-   within a round and summarised by their median and range, and checked (`metrics.validity`): a
-   window of fewer than 10 runs, a served system above 1.05 of the raw loop, or a ratio whose
-   rounds spread wider than max/min 1.15 is flagged in the output and in `latest.json`, not
-   reported as a result. At least two rounds are measured; a third, and the other concurrencies of
-   the sweep (shorter windows, latency by concurrency), only within the phase's time budget (30
+   the chosen batch size and one of a single item are timed by the probe, and every window is
+   sized from them: it spans `MIN_RUNS` (10) runs of the system's own model call (the headline
+   batch for the raw loop, the gateway and LitServe; one item for the two systems that never
+   batch), or `BOUNDARY_RUNS` (4) for BLIP, whose batch takes ~20 s and whose throughput is counted
+   between run boundaries, after a warm-up of at least one run. Rounds interleave the systems
+   (raw, gateway, [raw again for SigLIP2], gateway unbatched, naive, LitServe), one under load at
+   a time, at the workload's headline concurrency; ratios are taken within a round and summarised
+   by their median and range, and checked (`metrics.validity`): a window of fewer runs than the
+   workload's minimum, a served system above 1.05 of the raw loop, or a ratio whose rounds spread
+   wider than max/min 1.15 is flagged in the output and in `latest.json`, not reported as a
+   result. SigLIP2 is measured in four rounds, BLIP in two; the other concurrencies of the sweep
+   (shorter windows, latency by concurrency) run only within the phase's time budget (30
    min) with the estimated time of the workloads still to come kept free (`benchmarks.plan`).
    Peer servers not under test are paused (SIGSTOP), so their idle loops never run beside another system.
    Around every gateway window the model replica's `stats()` are read: the model's busy fraction

@@ -28,7 +28,7 @@ from typing import Any
 from benchmarks import models
 from benchmarks.host import stop_on_sigterm
 from benchmarks.load import LoadGenerator
-from benchmarks.metrics import MIN_RUNS, runs_spanned, window_seconds
+from benchmarks.metrics import runs_spanned, window_seconds
 from benchmarks.plan import SYSTEMS, THREADS, WorkloadPlan, job_limit_s, probe_sizes, system_batch, window_plan
 from benchmarks.servers import WORK_DIR, GatewayStack, PeerServer, batch_log_stats, litserve_server, naive_server
 from benchmarks.throughput_harness import HttpSystem, deployment_name, gateway_args, raw_window, workload_entry
@@ -78,11 +78,17 @@ class Benchmark(TinyCosts):
         logger.info("=== %s: %s from %s", workload.name, workload.model_id, checkpoint)
 
         runner = ModelRunner(workload, checkpoint, THREADS)
-        batch, probe = probe_batch_sizes(runner, image, probe_sizes(wplan), wplan.probe_s, wplan.headline)
+        batch, probe, probed_run_s = probe_batch_sizes(
+            runner, image, probe_sizes(wplan), wplan.probe_s, wplan.headline
+        )
         logger.info("%s: best raw batch size %d (%s)", workload.name, batch, probe)
         # One model run at the headline batch size, and one of a single item (the unbatched systems'
-        # run), timed after the probe warmed the model: every window is sized from these.
-        run_s = {size: time_runs(runner, image, size, wplan.timing_runs) for size in sorted({batch, 1})}
+        # run), from the probe's measured runs (timed here for a size it did not try): every window
+        # is sized from these.
+        run_s = {
+            size: probed_run_s.get(size) or time_runs(runner, image, size, wplan.timing_runs)
+            for size in sorted({batch, 1})
+        }
         sizing = window_plan(wplan, run_s, batch)
         logger.info(
             "%s: one run takes %s s (by batch size); windows %s s, warm-ups %s s; about %.0f s a round",
@@ -92,14 +98,15 @@ class Benchmark(TinyCosts):
             {name: round(w["warmup_s"], 1) for name, w in sizing["systems"].items()},
             sizing["round_s"],
         )
-        if self.elapsed() + self.plan.min_rounds * sizing["round_s"] > self.plan.budget_s:
+        max_rounds, min_rounds = wplan.round_counts(self.plan)
+        if self.elapsed() + min_rounds * sizing["round_s"] > self.plan.budget_s:
             logger.warning(
                 "%s: %d rounds of about %.0f s each will end past the %.0f s budget (at about %.0f s)",
                 workload.name,
-                self.plan.min_rounds,
+                min_rounds,
                 sizing["round_s"],
                 self.plan.budget_s,
-                self.elapsed() + self.plan.min_rounds * sizing["round_s"],
+                self.elapsed() + min_rounds * sizing["round_s"],
             )
 
         skipped: list[str] = []
@@ -137,15 +144,19 @@ class Benchmark(TinyCosts):
                 return {**measured, "window_s": seconds, "warmup_s": planned["warmup_s"], "run_s": planned["run_s"]}
 
             rounds = []
-            for number in range(self.plan.rounds):
-                if number >= self.plan.min_rounds and not self.fits(sizing["round_s"], workload.name):
+            raw_seconds = sizing["systems"]["raw"]["window_s"]
+            for number in range(max_rounds):
+                if number >= min_rounds and not self.fits(sizing["round_s"], workload.name):
                     logger.warning("over the time budget: %s measured in %d rounds", workload.name, number)
-                    skipped.append(f"round {number + 1} (of {self.plan.rounds})")
+                    skipped.append(f"round {number + 1} (of {max_rounds})")
                     break
-                raw_seconds = sizing["systems"]["raw"]["window_s"]
                 measured = {"raw": self.raw_window(runner, image, batch, raw_seconds, wplan.runs)}
+                measured["gateway"] = window("gateway", wplan.headline, wplan.runs)
+                if wplan.raw_after_gateway:
+                    after = self.raw_window(runner, image, batch, raw_seconds, wplan.runs)
+                    measured["raw"] = raw_both_sides(measured["raw"], after)
                 measured["raw"]["run_s"] = run_s[batch]
-                measured.update({name: window(name, wplan.headline, wplan.runs) for name in SYSTEMS})
+                measured.update({name: window(name, wplan.headline, wplan.runs) for name in SYSTEMS if name != "gateway"})
                 log_round(workload.name, number + 1, measured)
                 rounds.append(measured)
             sweep = []
@@ -181,7 +192,8 @@ class Benchmark(TinyCosts):
             "run_s": {str(size): seconds for size, seconds in run_s.items()},
             "window_plan": sizing,
             "headline_concurrency": wplan.headline,
-            "min_runs": MIN_RUNS,
+            "min_runs": wplan.min_runs,
+            "raw_after_gateway": wplan.raw_after_gateway,
             "quick": self.plan.quick,
             "startup_s": startup,
             "litserve_batch_timeout_s": litserve_wait,
@@ -281,12 +293,30 @@ def probe_batch_sizes(
     costs latency, and 3% is within the noise of a short probe.
     """
     candidates = tuple(size for size in sizes if size <= concurrency) or sizes
-    rates = {}
+    rates, run_s = {}, {}
     for size in candidates:
         runner.run([image] * size)
-        rates[size] = raw_window(runner, image, size, seconds, min_runs=PROBE_RUNS)["items_per_s"]
+        measured = raw_window(runner, image, size, seconds, min_runs=PROBE_RUNS)
+        rates[size] = measured["items_per_s"]
+        run_s[size] = measured["p50_ms"] / 1000.0
     best = max(rates.values())
-    return min(size for size, rate in rates.items() if rate >= 0.97 * best), rates
+    return min(size for size, rate in rates.items() if rate >= 0.97 * best), rates, run_s
+
+
+def raw_both_sides(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One round's raw figure from the windows before and after the gateway: items over their summed
+    run times, run counts added, CPU per item from the first window; each window's own rate is kept
+    in `sides`."""
+    seconds = before["items"] / before["items_per_s"] + after["items"] / after["items_per_s"]
+    items = before["items"] + after["items"]
+    return {
+        **before,
+        "batches": before["batches"] + after["batches"],
+        "runs": before["runs"] + after["runs"],
+        "items": items,
+        "items_per_s": items / seconds,
+        "sides": [before["items_per_s"], after["items_per_s"]],
+    }
 
 
 def log_round(workload: str, number: int, measured: dict[str, Any]) -> None:

@@ -93,17 +93,17 @@ class Plan:
 
 
 FULL = Plan(
-    reference_runs=5,
+    reference_runs=4,
     reference_warmup=1,
-    reference_budget_s=75.0,
+    reference_budget_s=50.0,
     batch_reference_runs=1,
     c1_warmup=2,
-    c1_requests=20,
+    c1_requests=12,
     c8_warmup=8,
-    c8_requests=24,
-    phase_max_s=360.0,
-    min_c1=20,
-    min_c8=24,
+    c8_requests=16,
+    phase_max_s=300.0,
+    min_c1=12,
+    min_c8=16,
     ready_timeout_s=300.0,
 )
 QUICK = Plan(
@@ -116,7 +116,7 @@ QUICK = Plan(
     c8_warmup=0,
     c8_requests=8,
     phase_max_s=120.0,
-    min_c1=20,
-    min_c8=24,
+    min_c1=12,
+    min_c8=16,
     ready_timeout_s=300.0,
 )

@@ -91,3 +91,27 @@ def test_a_round_says_how_the_gateways_model_ran_in_the_window():
     idle = model_window(first, {**first, "at": 140.0})
     assert idle["passes"] == 0 and idle["pass_s"] is None
     assert model_line({"model": idle, "raw_run_s": 3.9}) == "gateway model: no forward pass ended in the window"
+
+
+def test_the_plain_loop_of_a_round_is_taken_from_both_sides_of_the_gateway_window():
+    from benchmarks.check import both_sides
+
+    # the machine slowed down between the two plain windows: the round's figure sits between them,
+    # weighted by each window's seconds (images over summed seconds, not a mean of rates)
+    before = {"images_per_s": 2.0, "seconds": 40.0, "runs": 80}
+    after = {"images_per_s": 1.0, "seconds": 60.0, "runs": 60}
+    joined = both_sides(before, after)
+    assert joined["images_per_s"] == pytest.approx((80 + 60) / 100)
+    assert joined["seconds"] == 100.0 and joined["runs"] == 140
+
+
+def test_the_throughput_rounds_raw_figure_joins_the_windows_before_and_after_the_gateway():
+    from benchmarks.throughput import raw_both_sides
+
+    before = {"system": "raw", "batches": 10, "runs": 10, "items": 10, "items_per_s": 2.0, "p50_ms": 500.0}
+    after = {"system": "raw", "batches": 5, "runs": 5, "items": 5, "items_per_s": 1.0, "p50_ms": 1000.0}
+    joined = raw_both_sides(before, after)
+    # 10 items in 5 s and 5 items in 5 s: 15 items in 10 s
+    assert joined["items_per_s"] == pytest.approx(1.5)
+    assert (joined["runs"], joined["batches"], joined["items"]) == (15, 15, 15)
+    assert joined["sides"] == [2.0, 1.0]

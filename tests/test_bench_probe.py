@@ -29,9 +29,13 @@ def runner(checkpoints) -> CountingRunner:
 def test_the_probe_warms_each_size_and_measures_several_runs_of_it(runner):
     image = decode_data_url(WORKLOADS["siglip2_embed"].image_url())
     runner.calls.clear()
-    batch, rates = probe_batch_sizes(runner, image, (1, 2, 4, 64), seconds=0.0, concurrency=4)
+    batch, rates, run_s = probe_batch_sizes(runner, image, (1, 2, 4, 64), seconds=0.0, concurrency=4)
     assert set(rates) == {1, 2, 4}, "a size the concurrency cannot fill is not probed"
     assert batch in rates and all(rate > 0 for rate in rates.values())
+    # each size's median run time, which sizes the windows: consistent with its rate
+    assert set(run_s) == set(rates)
+    for size, seconds in run_s.items():
+        assert size / seconds == pytest.approx(rates[size], rel=0.5)
     for size in (1, 2, 4):
         # one unmeasured run, then the measured ones, before the next size
         assert runner.calls.count(size) == 1 + PROBE_RUNS, runner.calls
@@ -42,5 +46,5 @@ def test_the_probe_warms_each_size_and_measures_several_runs_of_it(runner):
 def test_when_no_size_can_be_filled_every_size_is_probed(runner):
     image = decode_data_url(WORKLOADS["siglip2_embed"].image_url())
     runner.calls.clear()
-    _, rates = probe_batch_sizes(runner, image, (2, 4), seconds=0.0, concurrency=1)
+    _, rates, _ = probe_batch_sizes(runner, image, (2, 4), seconds=0.0, concurrency=1)
     assert set(rates) == {2, 4}

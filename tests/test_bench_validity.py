@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from benchmarks.metrics import (
+    BOUNDARY_RUNS,
     MAX_RATIO_VS_RAW,
     MAX_ROUND_SPREAD,
     MIN_RUNS,
@@ -168,7 +170,12 @@ def test_the_run_plan_sizes_every_system_from_its_own_run():
     # warm-ups of several runs; the estimate covers at least every window and warm-up
     assert sizing["systems"]["gateway"]["warmup_s"] >= 2 * 2.57
     assert sizing["round_s"] >= sum(p["window_s"] + p["warmup_s"] for p in sizing["systems"].values())
-    assert all(w.runs >= MIN_RUNS for w in FULL.workloads)
+    assert all(w.runs >= w.min_runs >= BOUNDARY_RUNS for w in FULL.workloads)
+    assert siglip2.min_runs == MIN_RUNS and siglip2.raw_after_gateway
+    # the estimate counts the second raw window of a round
+    assert sizing["round_s"] >= sum(p["window_s"] for p in sizing["systems"].values()) + sizing["systems"]["raw"][
+        "window_s"
+    ]
     assert QUICK.quick and not FULL.quick
 
 
@@ -630,9 +637,15 @@ def test_optional_rounds_keep_the_time_of_the_workloads_still_to_come():
     blip = next(w for w in FULL.workloads if w.workload == "blip_caption")
     assert later_estimate_s(FULL, "siglip2_embed") == blip.estimate_s
     assert later_estimate_s(FULL, "blip_caption") == 0
-    # 10 minutes in, a 3-minute SigLIP2 round would push BLIP's two rounds past the budget
-    assert not fits_budget(FULL, 10 * 60, 3 * 60, "siglip2_embed")
-    assert fits_budget(FULL, 10 * 60, 3 * 60, "blip_caption")
+    # 15 minutes in, a 3-minute SigLIP2 round would push BLIP's two rounds past the budget
+    assert not fits_budget(FULL, 15 * 60, 3 * 60, "siglip2_embed")
+    assert fits_budget(FULL, 15 * 60, 3 * 60, "blip_caption")
+    # rounds are the workload's own where it sets them, else the plan's; never more required than allowed
+    siglip2 = next(w for w in FULL.workloads if w.workload == "siglip2_embed")
+    assert siglip2.round_counts(FULL) == (4, 4)
+    assert blip.round_counts(FULL) == (2, 2)
+    assert replace(blip, rounds=None, min_rounds=None).round_counts(FULL) == (FULL.rounds, FULL.min_rounds)
+    assert replace(blip, rounds=1, min_rounds=None).round_counts(FULL) == (1, 1)
     # BLIP at concurrency 8 cannot fill a batch of 16: it is not probed
     assert probe_sizes(blip) == (1, 8)
     assert probe_sizes(next(w for w in FULL.workloads if w.workload == "siglip2_embed")) == (1, 8, 16)
