@@ -198,7 +198,9 @@ def compare(measured: float, reference: float | None, tolerance: float = TOLERAN
     return {"ratio": ratio, "agrees": abs(ratio - 1.0) <= tolerance, "why": None}
 
 
-def compare_relative(rounds: list[tuple[float, float]], reference: float | None, tolerance: float = TOLERANCE) -> dict[str, Any]:
+def compare_relative(
+    rounds: list[tuple[float, float]], reference: float | None, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
     """The relative verdict: `rounds` are (gateway, raw) images/s measured back to back; the median
     of their ratios over `reference` (latest.json's median gateway / raw), and whether it is within
     `tolerance` of 1."""
