@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.host import stop_on_sigterm
-from benchmarks.metrics import busy_fraction
+from benchmarks.metrics import batch_counts, busy_fraction
 
 logger = logging.getLogger("benchmarks.check")
 
@@ -168,11 +168,9 @@ def model_window(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     batch size and seconds, the busy fraction, and whether both readings fell at a pass's end."""
     before, after = first["reading"], last["reading"]
     busy = busy_fraction(before, after, last["at"] - first["at"])
-    runs = busy["runs"]
-    items = after.get("items", 0) - before.get("items", 0)
     return {
-        "passes": runs,
-        "mean_batch": items / runs if runs else None,
+        "passes": busy["runs"],
+        "mean_batch": batch_counts(before, after, "runs")["mean_batch_size"] if busy["runs"] is not None else None,
         "pass_s": busy["busy_per_run_s"],
         "busy_fraction": busy["busy_fraction"],
         "aligned": first["aligned"] and last["aligned"],

@@ -261,3 +261,11 @@ def busy_fraction(before: dict[str, Any] | None, after: dict[str, Any] | None, w
         "busy_per_run_s": busy / runs if busy is not None and runs else None,
         "wall_s": wall,
     }
+
+
+def batch_counts(before: dict[str, Any], after: dict[str, Any], runs_key: str = "batches") -> dict[str, Any]:
+    """Model runs and their mean size between two readings of cumulative counters (a replica's
+    `stats()` or LitServe's batch log): `{"model_runs": Δruns_key, "mean_batch_size": Δitems / Δruns}`,
+    the size None when no run ended between them."""
+    runs = after[runs_key] - before[runs_key]
+    return {"model_runs": runs, "mean_batch_size": (after["items"] - before["items"]) / runs if runs else None}

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from benchmarks.host import stop_on_sigterm
-from benchmarks.metrics import busy_fraction, http_window, runs_spanned, window_seconds
+from benchmarks.metrics import batch_counts, busy_fraction, http_window, runs_spanned, window_seconds
 from benchmarks.photo_figures import CONCURRENCY, MODELS, RAW_BATCH, SYSTEMS, THREADS, _ms, _num
 from benchmarks.photo_raw import raw_c1, raw_c8, sample, summary
 from benchmarks.photo_setup import FLORENCE_ID, SIGLIP_ID, Plan
@@ -240,9 +240,7 @@ class PhotoBench:
         }
         if "start" in marks:
             before, after = marks["start"]["first"], stats()
-            batches = after["batches"] - before["batches"]
-            result["model_runs"] = batches
-            result["mean_batch_size"] = (after["items"] - before["items"]) / batches if batches else None
+            result.update(batch_counts(before, after))
             if system == "gateway":
                 start = marks["start"]
                 end = marks.get("end") or {"reading": after, "at": time.perf_counter(), "aligned": False}

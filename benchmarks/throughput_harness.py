@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from benchmarks.load import LoadGenerator
-from benchmarks.metrics import busy_fraction, http_window, percentiles
+from benchmarks.metrics import batch_counts, busy_fraction, http_window, percentiles
 from benchmarks.plan import MAX_ONGOING, THREADS, Plan, fits_budget
 from benchmarks.servers import GatewayStack, PeerServer, cpu_seconds, fresh_database, ray_part, read_at_pass_end, rss_mb
 from benchmarks.workloads import CAPTION_TOKENS, PATCHES, ModelRunner, Workload
@@ -136,9 +136,7 @@ class Harness:
         if system.stats and "start" in marks:
             before = marks["start"]["first"]
             after = system.stats()
-            batches = after["batches"] - before["batches"]
-            summary["model_runs"] = batches
-            summary["mean_batch_size"] = (after["items"] - before["items"]) / batches if batches else None
+            summary.update(batch_counts(before, after))
             # the replica's own seconds in forward passes over the window's wall time (None for a
             # replica without the counters, e.g. LitServe's batch log)
             start = marks["start"]

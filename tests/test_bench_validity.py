@@ -745,3 +745,19 @@ def test_every_benchmark_command_starts(module):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage:" in out.stdout
+
+
+def test_model_runs_and_mean_batch_between_two_counter_readings():
+    from benchmarks.metrics import batch_counts
+
+    # a replica's stats() count "batches"; the check reads the busy counters' "runs"
+    assert batch_counts({"batches": 4, "items": 20}, {"batches": 9, "items": 58}) == {
+        "model_runs": 5,
+        "mean_batch_size": pytest.approx(7.6),
+    }
+    assert batch_counts({"runs": 3, "items": 3}, {"runs": 5, "items": 18}, "runs")["mean_batch_size"] == 7.5
+    # no run ended between the readings: no size, not a division by zero
+    assert batch_counts({"batches": 4, "items": 20}, {"batches": 4, "items": 20}) == {
+        "model_runs": 0,
+        "mean_batch_size": None,
+    }
