@@ -21,6 +21,7 @@ from families.base import HTTP_TASK_NAMES, Task, TaskCategory, check_task_input
 from families.registry import family_of
 from serve.accounts import store_unavailable
 from serve.annotate import annotate
+from serve.chat_stream import ChatStream
 from serve.context import CallerContext
 from serve.contract import (
     ClassifyCall,
@@ -43,7 +44,6 @@ from serve.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     ChatMessageOut,
-    ChatStream,
     ClassificationRequest,
     ClassificationResponse,
     Embedding,

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from serve.errors import APIError
-from serve.protocol import ChatCompletionRequest, ClassificationRequest, EmbeddingRequest, chat_prompt, sse
+from serve.chat_stream import sse
+from serve.protocol import ChatCompletionRequest, ClassificationRequest, EmbeddingRequest, chat_prompt
 
 
 def chat_request(content, role="user") -> ChatCompletionRequest:

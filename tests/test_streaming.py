@@ -416,7 +416,7 @@ def test_a_client_that_leaves_mid_stream_leaves_the_replica_serving_and_is_meter
 
 def test_a_failure_mid_stream_is_one_error_event_in_the_envelope():
     from serve.errors import model_unavailable
-    from serve.protocol import ChatStream, chat_stream
+    from serve.chat_stream import ChatStream, chat_stream
 
     async def pieces_then(failure: Exception):
         yield "a red"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from serve.chat_stream import chat_stream
 from serve.context import CallerContext
 from serve.protocol import (
     ChatCompletion,
@@ -15,7 +16,6 @@ from serve.protocol import (
     EmbeddingResponse,
     ScoreRequest,
     ScoreResponse,
-    chat_stream,
 )
 from serve.routers.common import caller, headers_of, render, service
 from serve.service import GatewayService
