@@ -76,6 +76,28 @@ def test_a_batch_that_is_not_full_waits_a_share_of_the_last_run_for_more():
     assert runs == [[0, 1, 2, 3], [10], [11, 12]]
 
 
+def test_a_lone_client_pays_no_fill_wait():
+    """After a run of one item nobody else is coming back: the next lone item starts at once
+    (a streamed caption at concurrency 1 would otherwise wait fill_wait_ratio of a whole caption)."""
+    started: list[float] = []
+
+    async def execute(items: list[int]) -> list[int]:
+        started.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.2)
+        return items
+
+    async def scenario() -> list[float]:
+        coalescer = Coalescer(execute, max_work=8, fill_wait_ratio=0.5)  # a wait would last 0.1 s
+        sent = []
+        for i in range(3):
+            sent.append(asyncio.get_running_loop().time())
+            await coalescer.run([i])
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert all(start - at < 0.05 for at, start in zip(sent, started)), "a lone item waited for company"
+
+
 def test_a_full_batch_starts_without_a_fill_wait():
     arrived: list[int] = []
     seen_at_start: list[list[int]] = []
