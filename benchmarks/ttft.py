@@ -21,13 +21,17 @@ step after the encoder, i.e. well under the full answer's time)."
    (TTFT), to the last one (last token), to `[DONE]`, and the number of content chunks. At
    concurrency 1 and 8 (closed loop, a fixed number of requests after unmeasured warm-ups, each
    phase bounded in time); p50 and p90. One model is under load at a time.
+3. Right before and right after each model's c=1 phase, with the gateway's Ray up and idle, the
+   one-step reference again in this process (`OneStepUnderRay`): on 2 cores an idle Ray slows the
+   same run by 17-38 %, so TTFT over this one holds only the gateway's own hops.
 
 The checkpoints are `blip-stream` and `florence-2-base` of `benchmarks.models`: random weights
 whose heads suppress every id that is not a plain word of the small tokenizer, so each of the
 `CAPTION_TOKENS` generated tokens is visible text (the throughput benchmark's `blip` checkpoint
 decodes to empty captions, which stream nothing).
 
-Headline: TTFT p50 at c=1 over the one-step reference, target <= 1.5. A gateway that sends the
+Headline: TTFT p50 at c=1 over the one-step reference (before Ray), target <= 1.5; beside it the
+same over the one step with Ray up. A gateway that sends the
 finished answer in pieces shows TTFT ~ the full caption and one or two content chunks: such a result
 is flagged "not streamed" (in `validity`), not hidden. Writes benchmarks/results/ttft.{json,md}.
 Everything started here is stopped on the way out, also after an error or SIGTERM.
@@ -61,7 +65,7 @@ from benchmarks.host import (
     stop_on_sigterm,
 )
 from benchmarks.ttft_client import run_phase
-from benchmarks.ttft_figures import model_validity, reference_ratios, streaming_flags
+from benchmarks.ttft_figures import model_validity, p50_p90, reference_ratios, streaming_flags
 from benchmarks.ttft_plan import (
     FULL,
     MAX_BATCH_SIZE,
@@ -74,7 +78,7 @@ from benchmarks.ttft_plan import (
     Plan,
     StreamModel,
 )
-from benchmarks.ttft_reference import measure_reference
+from benchmarks.ttft_reference import OneStepUnderRay, measure_reference
 from benchmarks.ttft_report import markdown, num, write
 from benchmarks.workloads import CAPTION_TOKENS
 
@@ -132,6 +136,7 @@ def measure_gateway(models: list[StreamModel], checkpoints: dict[str, Path], pla
             body = model.request_body(model.image_url())
             phases: dict[str, Any] = {}
             steps = ((1, plan.c1_warmup, plan.c1_requests), (8, plan.c8_warmup, plan.c8_requests))
+            one_step = ray_up_reference(model, checkpoints[model.key], plan.ray_up_runs)
             for concurrency, warmup, measured in steps:
                 try:
                     summary = asyncio.run(run_phase(url, body, concurrency, warmup, measured, plan.phase_max_s))
@@ -140,6 +145,8 @@ def measure_gateway(models: list[StreamModel], checkpoints: dict[str, Path], pla
                     summary = {"failed": f"{type(error).__name__}: {error}"[:300], "concurrency": concurrency}
                 phases[str(concurrency)] = summary
                 _log_phase(model.label, concurrency, summary)
+                if concurrency == 1 and one_step:
+                    phases["one_step_ray_up"] = one_step.finish()
             results[model.key] = phases
     finally:
         with contextlib.suppress(Exception):
@@ -149,6 +156,35 @@ def measure_gateway(models: list[StreamModel], checkpoints: dict[str, Path], pla
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
     return results
+
+
+class RayUpReference:
+    """`OneStepUnderRay` timed `runs` times before the c=1 phase (at construction) and `runs` times
+    after it (`finish`), so that it brackets the phase in time."""
+
+    def __init__(self, model: StreamModel, checkpoint: Path, runs: int) -> None:
+        self.label = model.label
+        self.runs = runs
+        self.sampler = OneStepUnderRay(model, checkpoint)
+        self.before = [self.sampler.time_ms() for _ in range(runs)]
+
+    def finish(self) -> dict[str, Any]:
+        after = [self.sampler.time_ms() for _ in range(self.runs)]
+        self.sampler.close()
+        samples = self.before + after
+        logger.info("%s in-process with Ray up: one step %s ms (before, after the c=1 phase)", self.label, samples)
+        return {**p50_p90([ms / 1000.0 for ms in samples]), "before_ms": self.before, "after_ms": after}
+
+
+def ray_up_reference(model: StreamModel, checkpoint: Path, runs: int) -> RayUpReference | None:
+    """The bracketing reference, or None when not planned or when it fails (logged; the phases run)."""
+    if runs <= 0:
+        return None
+    try:
+        return RayUpReference(model, checkpoint, runs)
+    except Exception:  # noqa: BLE001 - a reference that fails leaves the gateway's figures standing
+        logger.exception("%s: the in-process reference with Ray up failed", model.label)
+        return None
 
 
 def _log_phase(label: str, concurrency: int, summary: dict[str, Any]) -> None:
@@ -215,7 +251,10 @@ def run(quick: bool, model_keys: list[str] | None = None) -> dict[str, Any]:
         phases = results["http"][model.key]
         c1, c8 = phases.get("1", {}), phases.get("8", {})
         results["ratios"][model.key] = reference_ratios(
-            (c1.get("ttft") or {}).get("p50_ms"), (c8.get("ttft") or {}).get("p50_ms"), reference[model.key]
+            (c1.get("ttft") or {}).get("p50_ms"),
+            (c8.get("ttft") or {}).get("p50_ms"),
+            reference[model.key],
+            phases.get("one_step_ray_up"),
         )
         validity += model_validity(
             model.label,

@@ -77,9 +77,20 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def reference_ratios(c1_ttft_ms: float | None, c8_ttft_ms: float | None, reference: dict[str, Any]) -> dict[str, Any]:
-    """TTFT over the in-process references, and the target check (TTFT p50 at c=1 <= 1.5 x one step)."""
+def reference_ratios(
+    c1_ttft_ms: float | None,
+    c8_ttft_ms: float | None,
+    reference: dict[str, Any],
+    ray_up: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """TTFT over the in-process references, and the target check (TTFT p50 at c=1 <= 1.5 x one step).
+
+    `meets_target` is against the one step measured before Ray started (what the model takes in a
+    user's own process); `meets_target_ray_up` against the one step timed around the c=1 phase with
+    the gateway's Ray up (`ray_up`), which leaves only the gateway's own hops in the ratio."""
     one = (reference.get("one_step") or {}).get("p50_ms")
+    one_ray_up = (ray_up or {}).get("p50_ms")
+    c1_vs_ray_up = ratio(c1_ttft_ms, one_ray_up)
     visible = (reference.get("first_visible") or {}).get("p50_ms")
     full = (reference.get("full") or {}).get("p50_ms")
     batch_one = (reference.get("batch_one_step") or {}).get("p50_ms")
@@ -91,8 +102,10 @@ def reference_ratios(c1_ttft_ms: float | None, c8_ttft_ms: float | None, referen
         "c8_ttft_vs_one_step": ratio(c8_ttft_ms, one),
         "c8_ttft_vs_batch_one_step": ratio(c8_ttft_ms, batch_one),
         "c8_ttft_vs_full": ratio(c8_ttft_ms, full),
+        "c1_ttft_vs_one_step_ray_up": c1_vs_ray_up,
         "target": TARGET_RATIO,
         "meets_target": None if c1_vs_one is None else c1_vs_one <= TARGET_RATIO,
+        "meets_target_ray_up": None if c1_vs_ray_up is None else c1_vs_ray_up <= TARGET_RATIO,
     }
 
 

@@ -80,6 +80,9 @@ class Plan:
     reference_budget_s: float
     batch_reference_runs: int
     """In-process runs of one step for a whole batch of `MAX_BATCH_SIZE` (0: not measured)."""
+    ray_up_runs: int
+    """In-process one-step runs right before and again right after the c=1 phase, with Ray up
+    (`OneStepUnderRay`; 0: not measured)."""
     c1_warmup: int
     c1_requests: int
     c8_warmup: int
@@ -97,6 +100,7 @@ FULL = Plan(
     reference_warmup=1,
     reference_budget_s=50.0,
     batch_reference_runs=1,
+    ray_up_runs=2,
     c1_warmup=2,
     c1_requests=12,
     c8_warmup=8,
@@ -111,6 +115,7 @@ QUICK = Plan(
     reference_warmup=1,
     reference_budget_s=25.0,
     batch_reference_runs=0,
+    ray_up_runs=1,
     c1_warmup=1,
     c1_requests=3,
     c8_warmup=0,

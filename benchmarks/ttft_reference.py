@@ -89,3 +89,39 @@ def measure_reference(model: StreamModel, checkpoint: Path, plan: Plan) -> dict[
     del network, processor
     gc.collect()
     return result
+
+
+class OneStepUnderRay:
+    """The one-step reference (processor + `generate(max_new_tokens=1)`, this process, `THREADS`
+    torch threads) kept loaded, to be timed right before and after the gateway's c=1 phase while
+    the gateway's Ray runs.
+
+    Measured on 2 cores (2026-12-01): the same one-step run took 1858 ms with Ray stopped and
+    2563 ms with an idle Ray up (BLIP; Florence-2-base 6988 -> 8180 ms): Ray's ten or so idle
+    processes take ~0.25 of the cores, and every runnable thread stalls both torch threads. The
+    gateway's TTFT over this reference is its own hops (proxy, ingress, replica, streamer); over
+    the reference taken before Ray started it also holds Ray's idle load and the machine's drift."""
+
+    def __init__(self, model: StreamModel, checkpoint: Path) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        self.network = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        self.kwargs: dict[str, Any] = {"images": [decode_data_url(model.image_url())], "return_tensors": "pt"}
+        if model.prompt:
+            self.kwargs["text"] = [model.prompt]
+        self.time_ms()  # warm-up: the first run of a fresh model sets up its kernels and buffers
+
+    def time_ms(self) -> float:
+        started = time.perf_counter()
+        with self.torch.inference_mode():
+            inputs = self.processor(**self.kwargs)
+            self.network.generate(**inputs, max_new_tokens=1, num_beams=1, do_sample=False)
+        return 1000.0 * (time.perf_counter() - started)
+
+    def close(self) -> None:
+        del self.network, self.processor
+        gc.collect()

@@ -209,6 +209,16 @@ def test_reference_ratios_and_target():
     assert ratios["c8_ttft_vs_batch_one_step"] == pytest.approx(1.1)
     assert ratios["target"] == 1.5 and ratios["meets_target"] is True
     assert ttft_figures.reference_ratios(2600.0, None, REFERENCE)["meets_target"] is False
+    # without the Ray-up reference that ratio is not measured, not met
+    assert ratios["c1_ttft_vs_one_step_ray_up"] is None and ratios["meets_target_ray_up"] is None
+
+
+def test_the_ray_up_reference_gives_its_own_ratio_and_verdict():
+    # the model ran 1.3x slower beside an idle Ray: 1.6x the one step before Ray, 1.23x the one step beside it
+    ratios = ttft_figures.reference_ratios(1600.0, None, REFERENCE, {"p50_ms": 1300.0})
+    assert ratios["c1_ttft_vs_one_step"] == pytest.approx(1.6) and ratios["meets_target"] is False
+    assert ratios["c1_ttft_vs_one_step_ray_up"] == pytest.approx(1600 / 1300)
+    assert ratios["meets_target_ray_up"] is True
 
 
 def test_reference_ratios_without_figures():
@@ -366,3 +376,28 @@ def test_an_inconsistent_reference_is_flagged():
     reasons = ttft_figures.model_validity("Florence", {}, reference, {}, 20)
     assert reasons == ["Florence: in-process reference inconsistent: one step 3000 ms >= the full caption 2500 ms"
                        " (other load on the machine)"]
+
+
+def test_the_report_gives_both_references_and_both_verdicts():
+    from benchmarks.ttft_plan import MODELS
+    from benchmarks.ttft_report import markdown
+
+    blip = MODELS["blip"]
+    c1 = ttft_figures.summarize(timings([1.6] * 12, [3.0] * 12))
+    ray_up = {"p50_ms": 1300.0, "p90_ms": 1350.0, "before_ms": [1290.0, 1300.0], "after_ms": [1310.0, 1300.0]}
+    results = {
+        "quick": False,
+        "header": {
+            "machine": {"cpu": "x", "logical_cpus": 2, "load_average_start": [0.1], "load_average_end": [0.2]},
+            "wall_time_s": 100.0,
+            "git_commit": "abc",
+        },
+        "http": {blip.key: {"1": c1, "8": {"failed": "not run"}, "one_step_ray_up": ray_up}},
+        "reference": {blip.key: REFERENCE},
+        "ratios": {blip.key: ttft_figures.reference_ratios(c1["ttft"]["p50_ms"], None, REFERENCE, ray_up)},
+        "validity": [],
+        "other_load": {},
+    }
+    text = markdown(results, [blip])
+    assert "| 1,300 |" in text, "the Ray-up one step is in the reference table"
+    assert f"- {blip.label}: 1.60x the one step before Ray — misses it; 1.23x the one step with Ray up — meets it." in text
