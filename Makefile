@@ -88,8 +88,8 @@ bench: checkpoints
 	$(PY) -m benchmarks.metering $(METERING_ARGS)
 
 # An independent client (plain threads, 40-second windows) against the SigLIP2 gateway, each window
-# followed by one of the model in a plain loop; exit 1 if gateway / raw differs from latest.json's by
-# more than 5 % (the absolute images/s is printed too). Run after `make bench` (~6 min).
+# between two of the model in a plain loop; exit 1 if gateway / raw differs from latest.json's by
+# more than 5 % (the absolute images/s is printed too). Run after `make bench` (~7 min).
 bench-check: checkpoints
 	$(PY) -m benchmarks.check $(CHECK_ARGS)
 
