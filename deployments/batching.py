@@ -16,10 +16,8 @@ it is as large as it can be and still ready when the model is free.
 Clients that were answered by one run send their next requests a few milliseconds apart, so the
 first of them would start a run alone and the others would wait a whole run behind it. Before a
 run that is not full, the coalescer therefore waits for more items, at most `fill_wait_ratio` of
-the previous run's duration and only until it has as much work as the previous run had: a bounded
-share of a slow model's run (a 2 s caption batch: ~100 ms at the default 5 %) and next to nothing
-for a fast one, and none at all after a run of one item (a lone client has nobody to wait for), so
-low load pays no fixed wait.
+the previous run's duration: a bounded share of a slow model's run (a 2 s caption batch: ~100 ms
+at the default 5 %) and next to nothing for a fast one, so low load pays no fixed wait.
 """
 
 from __future__ import annotations
@@ -107,7 +105,6 @@ class Coalescer:
         self._running: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_run_s = 0.0
-        self._last_run_work = 0
         self._last_prepare_s = 0.0
         self._core_started = 0.0
 
@@ -150,7 +147,6 @@ class Coalescer:
                 await self._core_free.wait()
                 self._core_free.clear()
                 self._core_started = loop.time()
-                self._last_run_work = sum(work_of(item) for item, _ in taken)
                 task = loop.create_task(self._core_and_finish(taken, state))
                 self._running.add(task)  # held: a task nobody references may be collected mid-run
                 task.add_done_callback(self._running.discard)
@@ -173,18 +169,14 @@ class Coalescer:
 
         The model busy: until the current run has about as long left as preparing the next takes
         (until it ends, while no run's duration is known yet). The model idle: at most
-        `fill_wait_ratio` of the last run's duration, and only for as much work as the last run had:
-        the clients it answered together come back together, while after a run of one item (a lone
-        client, e.g. a streamed caption at concurrency 1) nobody is coming and a wait is pure latency."""
+        `fill_wait_ratio` of the last run's duration."""
         busy = not self._core_free.is_set()
-        wanted = self.max_work
         if busy:
             known = self._last_run_s > 0
             deadline = self._core_started + self._last_run_s - self._last_prepare_s if known else None
         else:
             deadline = loop.time() + self.fill_wait_ratio * self._last_run_s
-            wanted = min(self.max_work, self._last_run_work)
-        while self._pending_work() < wanted:
+        while self._pending_work() < self.max_work:
             if busy and self._core_free.is_set():
                 return
             remaining = None if deadline is None else deadline - loop.time()
