@@ -38,7 +38,7 @@ proxy listens on 127.0.0.1:
    by their median and range, and checked (`metrics.validity`): a window of fewer runs than the
    workload's minimum, a served system above 1.05 of the raw loop, or a ratio whose rounds spread
    wider than max/min 1.15 is flagged in the output and in `latest.json`, not reported as a
-   result. SigLIP2 is measured in four rounds, BLIP in two; the other concurrencies of the sweep
+   result. SigLIP2 is measured in three or four rounds, BLIP in two; the other concurrencies of the sweep
    (shorter windows, latency by concurrency) run only within the phase's time budget (30
    min) with the estimated time of the workloads still to come kept free (`benchmarks.plan`).
    Peer servers not under test are paused (SIGSTOP), so their idle loops never run beside another system.

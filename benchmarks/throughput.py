@@ -31,14 +31,15 @@ from benchmarks.load import LoadGenerator
 from benchmarks.metrics import runs_spanned, window_seconds
 from benchmarks.plan import SYSTEMS, THREADS, WorkloadPlan, job_limit_s, probe_sizes, system_batch, window_plan
 from benchmarks.servers import WORK_DIR, GatewayStack, PeerServer, batch_log_stats, litserve_server, naive_server
-from benchmarks.throughput_harness import HttpSystem, deployment_name, gateway_args, raw_window, workload_entry
+from benchmarks.throughput_harness import HttpSystem, deployment_name, gateway_args, workload_entry
 from benchmarks.throughput_tiny import TinyCosts
 from benchmarks.workloads import FILL_WAIT_RATIO, WORKLOADS, ModelRunner, Workload, decode_data_url
 
 logger = logging.getLogger("benchmarks.run")
 
 PROBE_RUNS = 2
-"""Measured runs of each batch size the probe tries (after one unmeasured run), at the least."""
+"""Passes of the probe over all its batch sizes in turn, each at least one measured run of every size
+(after one unmeasured run of each)."""
 
 
 class Benchmark(TinyCosts):
@@ -283,25 +284,41 @@ def guarded(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def probe_batch_sizes(
     runner: ModelRunner, image: Any, sizes: tuple[int, ...], seconds: float, concurrency: int
-) -> tuple[int, dict[int, float]]:
-    """Items/s of the raw loop at each batch size, and the size to use.
+) -> tuple[int, dict[int, float], dict[int, float]]:
+    """Items/s of the raw loop at each batch size, the size to use, and each size's median run (s).
 
     Only sizes that `concurrency` requests can fill are probed (all of them when none can). Each
     size gets one unmeasured run first (a new input shape's first run sets up its kernels and
-    buffers) and then at least `PROBE_RUNS` measured runs over at least `seconds`: a probe of one
-    cold run made a batch of 8 look a third slower than single images (1.30 against 1.91 images/s
-    for real-size SigLIP2, 2026-12-01). The smallest size within 3% of the best wins: a larger batch
-    costs latency, and 3% is within the noise of a short probe.
+    buffers: a probe of one cold run made a batch of 8 look a third slower than single images, 1.30
+    against 1.91 images/s for real-size SigLIP2), then `PROBE_RUNS` passes go over all the sizes in
+    turn, each giving every size at least one run and `seconds / PROBE_RUNS`: sizes probed one after
+    the other on a VM whose speed drifts by ~30 % within minutes favoured whichever size ran in a
+    fast minute (batch 1 probed first, right after the tiny section's apps were deleted, at 1.11
+    against 1.60 images/s at batch 8, where an earlier run found them equal). The smallest size
+    within 3 % of the best wins: a larger batch costs latency, and 3 % is within a probe's noise.
     """
     candidates = tuple(size for size in sizes if size <= concurrency) or sizes
-    rates, run_s = {}, {}
+    durations: dict[int, list[float]] = {size: [] for size in candidates}
     for size in candidates:
         runner.run([image] * size)
-        measured = raw_window(runner, image, size, seconds, min_runs=PROBE_RUNS)
-        rates[size] = measured["items_per_s"]
-        run_s[size] = measured["p50_ms"] / 1000.0
+    for _ in range(PROBE_RUNS):
+        for size in candidates:
+            durations[size] += timed_runs(runner, [image] * size, seconds / PROBE_RUNS)
+    rates = {size: size * len(runs) / sum(runs) for size, runs in durations.items()}
+    run_s = {size: statistics.median(runs) for size, runs in durations.items()}
     best = max(rates.values())
     return min(size for size, rate in rates.items() if rate >= 0.97 * best), rates, run_s
+
+
+def timed_runs(runner: ModelRunner, images: list[Any], seconds: float) -> list[float]:
+    """Durations (s) of back-to-back runs of `images`: at least one, and until `seconds` have passed."""
+    durations: list[float] = []
+    started = time.perf_counter()
+    while not durations or time.perf_counter() - started < seconds:
+        run_started = time.perf_counter()
+        runner.run(images)
+        durations.append(time.perf_counter() - run_started)
+    return durations
 
 
 def raw_both_sides(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
