@@ -77,7 +77,7 @@ browser:
 test: checkpoints postgres browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~75 min on 2 cores, of every phase:
+# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~75-90 min on 2 cores, of every phase:
 # throughput (tiny model costs, SigLIP2 and BLIP against the raw loop and the peers, busy fractions),
 # photo (12 MP JPEG: SigLIP2 and Florence-2-base against the raw loop, naive server, LitServe), ttft
 # (streamed captions) and overhead (Serve's proxy, HAProxy, throughput-optimized); writes
