@@ -22,7 +22,7 @@ step after the encoder, i.e. well under the full answer's time)."
    concurrency 1 and 8 (closed loop, a fixed number of requests after unmeasured warm-ups, each
    phase bounded in time); p50 and p90. One model is under load at a time.
 3. Right before and right after each model's c=1 phase, with the gateway's Ray up and idle, the
-   one-step reference again in this process (`OneStepUnderRay`): on 2 cores an idle Ray slows the
+   one-step reference again in this process (`InProcessCaptioner`): on 2 cores an idle Ray slows the
    same run by 17-38 %, so TTFT over this one holds only the gateway's own hops.
 
 The checkpoints are `blip-stream` and `florence-2-base` of `benchmarks.models`: random weights
@@ -78,7 +78,7 @@ from benchmarks.ttft_plan import (
     Plan,
     StreamModel,
 )
-from benchmarks.ttft_reference import OneStepUnderRay, measure_reference
+from benchmarks.ttft_reference import InProcessCaptioner, measure_reference
 from benchmarks.ttft_report import markdown, num, write
 from benchmarks.workloads import CAPTION_TOKENS
 
@@ -159,21 +159,26 @@ def measure_gateway(models: list[StreamModel], checkpoints: dict[str, Path], pla
 
 
 class RayUpReference:
-    """`OneStepUnderRay` timed `runs` times before the c=1 phase (at construction) and `runs` times
-    after it (`finish`), so that it brackets the phase in time."""
+    """The one-step reference (`InProcessCaptioner`, warmed by one run) timed `runs` times before the
+    c=1 phase (at construction) and `runs` times after it (`finish`), so that it brackets the phase."""
 
     def __init__(self, model: StreamModel, checkpoint: Path, runs: int) -> None:
         self.label = model.label
         self.runs = runs
-        self.sampler = OneStepUnderRay(model, checkpoint)
-        self.before = [self.sampler.time_ms() for _ in range(runs)]
+        self.captioner = InProcessCaptioner(model, checkpoint)
+        self.captioner.generate(1)  # the first run of a fresh model sets up its kernels and buffers
+        self.before = [self.captioner.timed(1) for _ in range(runs)]
 
     def finish(self) -> dict[str, Any]:
-        after = [self.sampler.time_ms() for _ in range(self.runs)]
-        self.sampler.close()
-        samples = self.before + after
-        logger.info("%s in-process with Ray up: one step %s ms (before, after the c=1 phase)", self.label, samples)
-        return {**p50_p90([ms / 1000.0 for ms in samples]), "before_ms": self.before, "after_ms": after}
+        after = [self.captioner.timed(1) for _ in range(self.runs)]
+        self.captioner.close()
+        milliseconds = [round(1000.0 * s, 1) for s in self.before + after]
+        logger.info("%s in-process with Ray up: one step %s ms (before, after the c=1 phase)", self.label, milliseconds)
+        return {
+            **p50_p90(self.before + after),
+            "before_ms": milliseconds[: self.runs],
+            "after_ms": milliseconds[self.runs :],
+        }
 
 
 def ray_up_reference(model: StreamModel, checkpoint: Path, runs: int) -> RayUpReference | None:

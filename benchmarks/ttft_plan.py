@@ -82,7 +82,7 @@ class Plan:
     """In-process runs of one step for a whole batch of `MAX_BATCH_SIZE` (0: not measured)."""
     ray_up_runs: int
     """In-process one-step runs right before and again right after the c=1 phase, with Ray up
-    (`OneStepUnderRay`; 0: not measured)."""
+    (`ttft.RayUpReference`; 0: not measured)."""
     c1_warmup: int
     c1_requests: int
     c8_warmup: int

@@ -25,35 +25,61 @@ def first_visible_step(new_tokens: list[int], tokenizer: Any) -> int | None:
     return None
 
 
-def measure_reference(model: StreamModel, checkpoint: Path, plan: Plan) -> dict[str, Any]:
-    """processor + generate in this process: one step, up to the first visible token, the whole caption."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+class InProcessCaptioner:
+    """The model in this process (processor + `generate`, `THREADS` torch threads, greedy), loaded
+    once: the in-process reference before Ray starts, and again right before and after each c=1
+    phase with the gateway's Ray up.
 
-    torch.set_num_threads(THREADS)
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    network = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    image = decode_data_url(model.image_url())
+    Measured on 2 cores (2026-12-01): the same one-step run took 1858 ms with Ray stopped and
+    2563 ms with an idle Ray up (BLIP; Florence-2-base 6988 -> 8180 ms): Ray's ten or so idle
+    processes take ~0.25 of the cores, and every runnable thread stalls both torch threads. The
+    gateway's TTFT over the reference taken with Ray up is its own hops (proxy, ingress, replica,
+    streamer); over the one taken before Ray started it also holds Ray's idle load and the drift."""
 
-    def generate(tokens: int, batch: int = 1) -> Any:
-        kwargs: dict[str, Any] = {"images": [image] * batch, "return_tensors": "pt"}
-        if model.prompt:
-            kwargs["text"] = [model.prompt] * batch
-        with torch.inference_mode():
-            inputs = processor(**kwargs)
-            return network.generate(**inputs, max_new_tokens=tokens, num_beams=1, do_sample=False)
+    def __init__(self, model: StreamModel, checkpoint: Path) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    def timed(tokens: int, batch: int = 1) -> float:
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.prompt = model.prompt
+        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        self.network = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        self.image = decode_data_url(model.image_url())
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def generate(self, tokens: int, batch: int = 1) -> Any:
+        kwargs: dict[str, Any] = {"images": [self.image] * batch, "return_tensors": "pt"}
+        if self.prompt:
+            kwargs["text"] = [self.prompt] * batch
+        with self.torch.inference_mode():
+            inputs = self.processor(**kwargs)
+            return self.network.generate(**inputs, max_new_tokens=tokens, num_beams=1, do_sample=False)
+
+    def timed(self, tokens: int, batch: int = 1) -> float:
+        """Seconds of processor + `generate` of `tokens` tokens for `batch` copies of the image."""
         started = time.perf_counter()
-        generate(tokens, batch)
+        self.generate(tokens, batch)
         return time.perf_counter() - started
 
+    def close(self) -> None:
+        del self.network, self.processor
+        gc.collect()
+
+
+def measure_reference(model: StreamModel, checkpoint: Path, plan: Plan) -> dict[str, Any]:
+    """processor + generate in this process: one step, up to the first visible token, the whole caption."""
+    captioner = InProcessCaptioner(model, checkpoint)
+    timed = captioner.timed
     for _ in range(max(1, plan.reference_warmup)):
-        sequence = generate(CAPTION_TOKENS)[0].tolist()
+        sequence = captioner.generate(CAPTION_TOKENS)[0].tolist()
     # BLIP starts from its [DEC] token, Florence-2's decoder from </s>: one position before the new tokens.
     new_tokens = sequence[1:]
-    visible_step = first_visible_step(new_tokens, processor.tokenizer)
-    visible_tokens = sum(1 for t in new_tokens if processor.tokenizer.decode([t], skip_special_tokens=True))
+    visible_step = first_visible_step(new_tokens, captioner.tokenizer)
+    visible_tokens = sum(1 for t in new_tokens if captioner.tokenizer.decode([t], skip_special_tokens=True))
     samples: dict[str, list[float]] = {"one_step": [], "first_visible": [], "full": []}
     started = time.perf_counter()
     for number in range(plan.reference_runs):
@@ -75,7 +101,7 @@ def measure_reference(model: StreamModel, checkpoint: Path, plan: Plan) -> dict[
     result["generated_tokens"] = len(new_tokens)
     result["visible_tokens"] = visible_tokens
     result["first_visible_step"] = visible_step
-    result["sample_text"] = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)[:120]
+    result["sample_text"] = captioner.tokenizer.decode(new_tokens, skip_special_tokens=True)[:120]
     logger.info(
         "%s in-process: one step %.0f ms, first visible token (step %s) %s ms, %d tokens %.0f ms, decoder step %.0f ms",
         model.label,
@@ -86,42 +112,6 @@ def measure_reference(model: StreamModel, checkpoint: Path, plan: Plan) -> dict[
         full,
         result["decoder_step_ms"],
     )
-    del network, processor
-    gc.collect()
+    captioner.close()
     return result
 
-
-class OneStepUnderRay:
-    """The one-step reference (processor + `generate(max_new_tokens=1)`, this process, `THREADS`
-    torch threads) kept loaded, to be timed right before and after the gateway's c=1 phase while
-    the gateway's Ray runs.
-
-    Measured on 2 cores (2026-12-01): the same one-step run took 1858 ms with Ray stopped and
-    2563 ms with an idle Ray up (BLIP; Florence-2-base 6988 -> 8180 ms): Ray's ten or so idle
-    processes take ~0.25 of the cores, and every runnable thread stalls both torch threads. The
-    gateway's TTFT over this reference is its own hops (proxy, ingress, replica, streamer); over
-    the reference taken before Ray started it also holds Ray's idle load and the machine's drift."""
-
-    def __init__(self, model: StreamModel, checkpoint: Path) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        torch.set_num_threads(THREADS)
-        self.torch = torch
-        self.processor = AutoProcessor.from_pretrained(checkpoint)
-        self.network = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        self.kwargs: dict[str, Any] = {"images": [decode_data_url(model.image_url())], "return_tensors": "pt"}
-        if model.prompt:
-            self.kwargs["text"] = [model.prompt]
-        self.time_ms()  # warm-up: the first run of a fresh model sets up its kernels and buffers
-
-    def time_ms(self) -> float:
-        started = time.perf_counter()
-        with self.torch.inference_mode():
-            inputs = self.processor(**self.kwargs)
-            self.network.generate(**inputs, max_new_tokens=1, num_beams=1, do_sample=False)
-        return 1000.0 * (time.perf_counter() - started)
-
-    def close(self) -> None:
-        del self.network, self.processor
-        gc.collect()

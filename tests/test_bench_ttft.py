@@ -401,3 +401,17 @@ def test_the_report_gives_both_references_and_both_verdicts():
     text = markdown(results, [blip])
     assert "| 1,300 |" in text, "the Ray-up one step is in the reference table"
     assert f"- {blip.label}: 1.60x the one step before Ray — misses it; 1.23x the one step with Ray up — meets it." in text
+
+
+def test_the_ray_up_reference_brackets_the_phase_with_runs_before_and_after(checkpoints):
+    """The same loaded model times one step `runs` times when made (before the c=1 phase) and again
+    at `finish` (after it); the figure is over all of them, in the reference's units."""
+    from benchmarks.ttft import RayUpReference
+    from benchmarks.ttft_plan import MODELS
+
+    reference = RayUpReference(MODELS["blip"], checkpoints / "blip", runs=2)
+    assert len(reference.before) == 2 and all(seconds > 0 for seconds in reference.before)
+    figure = reference.finish()
+    assert figure["n"] == 4 and len(figure["before_ms"]) == 2 and len(figure["after_ms"]) == 2
+    assert figure["min_ms"] <= figure["p50_ms"] <= figure["max_ms"]
+    assert figure["min_ms"] == pytest.approx(min(figure["before_ms"] + figure["after_ms"]), abs=0.1)
