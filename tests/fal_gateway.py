@@ -41,8 +41,9 @@ def app_args(checkpoints: Path, state: Path) -> dict[str, Any]:
         ray_actor_options={"num_cpus": 0.1},
         num_replicas=2,  # two job runners: no job may run twice
         # one job at a time per replica (so a third job waits, to be cancelled), short leases (a killed
-        # runner's job is taken over within seconds), quick webhook retries
-        fal={"runner_concurrency": 1, "lease_s": 3, "poll_s": 0.1, "webhook_backoff_s": 0.5},
+        # runner's job is taken over within seconds, yet a runner starved of CPU for a few seconds while a
+        # model loads on 2 cores keeps its job), quick webhook retries
+        fal={"runner_concurrency": 1, "lease_s": 6, "poll_s": 0.1, "webhook_backoff_s": 0.5},
     )
     return args
 

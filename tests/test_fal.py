@@ -460,7 +460,12 @@ def test_fal_client_subscribes_submits_and_polls_through_the_queue(tls_gateway, 
     waiting = [u["logs"] for u in woken["updates"] if u["status"] == "InProgress" and u["logs"]]
     assert waiting and waiting[0][0].startswith("waiting for the model to start"), woken["updates"]
     final_logs = woken["updates"][-1]["logs"]
-    assert "the model is up; running" in final_logs and final_logs[-1] == "done"
+    assert final_logs[-1] == "done", final_logs
+    if any("(lease expired); queued again" in line for line in final_logs):
+        # its runner stalled past the test's short lease on a loaded host: the rerun found the model up
+        assert any(line.startswith("running (attempt 2") for line in final_logs), final_logs
+    else:
+        assert "the model is up; running" in final_logs, final_logs
     assert replicas(tls_gateway, BLIP) >= 1
     request_id = polled["request_id"]
     base = f"{tls_gateway.url}/fal/queue/fal-ai/florence-2-large/requests/{request_id}"

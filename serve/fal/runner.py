@@ -136,15 +136,17 @@ class JobRunner:
         return Caller(record.id, models, record.budget_usd, record.rate_limit)
 
     async def _run(self, job: JobRecord) -> None:
-        waiting = not await self._model_up(job.model)
-        first = "waiting for the model to start" if waiting else "running"
-        first = f"{first} (attempt {job.attempts}, runner {self.owner})"
-        await self._log(job.id, first)
-        state = {"waiting": waiting}
-        watch = asyncio.get_running_loop().create_task(self._keep_lease(job, state))
+        loop = asyncio.get_running_loop()
+        keeper = loop.create_task(self._keep_lease(job))  # first: reading the model's state can take seconds
+        watch: asyncio.Task | None = None
         started = time.perf_counter()
         status, result, error, log = "FAILED", None, None, None
         try:
+            state = {"waiting": not await self._model_up(job.model)}
+            first = "waiting for the model to start" if state["waiting"] else "running"
+            await self._log(job.id, f"{first} (attempt {job.attempts}, runner {self.owner})")
+            if state["waiting"]:
+                watch = loop.create_task(self._watch_start(job, state))
             # one usage row per run that reached the model: the first under the job's id, a rerun's
             # under `{id}.{attempt}` (a row of an interrupted run must not swallow the rerun's)
             usage_id = job.id if job.attempts == 1 else f"{job.id}.{job.attempts}"
@@ -165,7 +167,9 @@ class JobRunner:
             error = error_record(APIError(500, "The server failed to run the request.", type="server_error"), job.id)
             log = "failed: internal error"
         finally:
-            watch.cancel()
+            keeper.cancel()
+            if watch is not None:
+                watch.cancel()
         try:
             ended = await self.store.finish_job(
                 job.id, self.owner, status, result=result, error=error, inference_time=time.perf_counter() - started,
@@ -189,22 +193,26 @@ class JobRunner:
         except StoreError as error:
             logger.warning("could not log to job %s: %s", job_id, error)
 
-    async def _keep_lease(self, job: JobRecord, state: dict[str, bool]) -> None:
-        """Renew the lease every third of it; note when a waited-for model is up (`state["waiting"]`)."""
-        renewed = time.monotonic()
+    async def _keep_lease(self, job: JobRecord) -> None:
+        """Renew the lease every third of it while the job runs. Nothing else is awaited here: a renewal
+        that waited for a read of the model's state (seconds while a replica starts on a busy host) could
+        come after the lease ran out, and the job would run twice."""
         while True:
-            await asyncio.sleep(WATCH_S if state["waiting"] else self.config.lease_s / 3)
+            await asyncio.sleep(self.config.lease_s / 3)
+            try:
+                if not await self.store.renew_lease(job.id, self.owner, self.config.lease_s):
+                    logger.warning("lost the lease of job %s", job.id)
+                    return
+            except StoreError as error:
+                logger.warning("could not renew the lease of job %s: %s", job.id, error)
+
+    async def _watch_start(self, job: JobRecord, state: dict[str, bool]) -> None:
+        """While the job waits for its model, log when the model is up (and clear `state["waiting"]`)."""
+        while state["waiting"]:
+            await asyncio.sleep(WATCH_S)
             if state["waiting"] and await self._model_up(job.model):
-                await self._log(job.id, "the model is up; running")
                 state["waiting"] = False
-            if time.monotonic() - renewed >= self.config.lease_s / 3 or not state["waiting"]:
-                try:
-                    if not await self.store.renew_lease(job.id, self.owner, self.config.lease_s):
-                        logger.warning("lost the lease of job %s", job.id)
-                        return
-                    renewed = time.monotonic()
-                except StoreError as error:
-                    logger.warning("could not renew the lease of job %s: %s", job.id, error)
+                await self._log(job.id, "the model is up; running")
 
     # ----- upkeep: orphaned jobs, expired results, webhooks -----
 
