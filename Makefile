@@ -89,7 +89,7 @@ bench: checkpoints
 
 # An independent client (plain threads, 40-second windows) against the SigLIP2 gateway, each window
 # between two of the model in a plain loop; exit 1 if gateway / raw differs from latest.json's by
-# more than 5 % (the absolute images/s is printed too). Run after `make bench` (~7 min).
+# more than 5 % (the absolute images/s is printed too). Run after `make bench` (~10 min).
 bench-check: checkpoints
 	$(PY) -m benchmarks.check $(CHECK_ARGS)
 
