@@ -1,7 +1,7 @@
 """The gateway's own cost on the full local path, with Serve's default proxy, HAProxy and Serve's
 throughput-optimized mode, each on a fresh Ray.
 
-    python -m benchmarks.overhead            # the full run: 2 rounds x 3 configurations, about 10 minutes
+    python -m benchmarks.overhead            # the full run: 2 rounds x 3 configurations, about 13 minutes
     python -m benchmarks.overhead --quick    # a smoke run: 1 round, short windows (flagged), about 4 minutes
     python -m benchmarks.overhead --config haproxy   # one configuration (repeatable)
 
