@@ -110,7 +110,7 @@ def _throughput_table(summary: dict[str, Any], workloads: list[str], failed: lis
         (
             "Ratios are struck through and marked ⚠ when they are not a valid result (a window of fewer model"
             f" runs than the workload's minimum, {MIN_RUNS} or {BOUNDARY_RUNS} where throughput is counted between"
-            " run boundaries, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
+            f" run boundaries, a served system above {MAX_RATIO_VS_RAW:g} of the raw loop, or per-round"
             f" ratios whose max / min exceeds {MAX_ROUND_SPREAD:g}); the reasons are listed below and in"
             " latest.json's `validity`."
         ),

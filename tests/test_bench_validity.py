@@ -761,3 +761,17 @@ def test_model_runs_and_mean_batch_between_two_counter_readings():
         "model_runs": 0,
         "mean_batch_size": None,
     }
+
+
+def test_the_markdown_of_the_committed_run_formats_every_placeholder():
+    """latest.md is rendered from latest.json's summary; a template string missing its `f` showed
+    `{MAX_RATIO_VS_RAW:g}` to readers of the 23:00 run's report."""
+    import re
+
+    from benchmarks import report_markdown
+
+    summary = json.loads((Path(__file__).parent.parent / "benchmarks/results/latest.json").read_text())
+    text = report_markdown.markdown(summary)
+    assert "## Throughput at the headline concurrency" in text and "| siglip2_embed | 32 |" in text
+    assert f"a served system above {MAX_RATIO_VS_RAW:g} of the raw loop" in text
+    assert not re.search(r"\{[A-Za-z_][A-Za-z0-9_.]*(:[^}]*)?\}", text), re.findall(r"\{[A-Za-z_][^}]*\}", text)
