@@ -211,8 +211,8 @@ class JobRunner:
         while state["waiting"]:
             await asyncio.sleep(WATCH_S)
             if state["waiting"] and await self._model_up(job.model):
-                state["waiting"] = False
                 await self._log(job.id, "the model is up; running")
+                state["waiting"] = False  # after the line is written: a run that ends first adds it itself
 
     # ----- upkeep: orphaned jobs, expired results, webhooks -----
 
