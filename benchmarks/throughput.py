@@ -31,7 +31,7 @@ from benchmarks.load import LoadGenerator
 from benchmarks.metrics import runs_spanned, window_seconds
 from benchmarks.plan import SYSTEMS, THREADS, WorkloadPlan, job_limit_s, probe_sizes, system_batch, window_plan
 from benchmarks.servers import WORK_DIR, GatewayStack, PeerServer, batch_log_stats, litserve_server, naive_server
-from benchmarks.throughput_harness import HttpSystem, deployment_name, gateway_args, workload_entry
+from benchmarks.throughput_harness import HttpSystem, deployment_name, gateway_args, timed_runs, workload_entry
 from benchmarks.throughput_tiny import TinyCosts
 from benchmarks.workloads import FILL_WAIT_RATIO, WORKLOADS, ModelRunner, Workload, decode_data_url
 
@@ -308,17 +308,6 @@ def probe_batch_sizes(
     run_s = {size: statistics.median(runs) for size, runs in durations.items()}
     best = max(rates.values())
     return min(size for size, rate in rates.items() if rate >= 0.97 * best), rates, run_s
-
-
-def timed_runs(runner: ModelRunner, images: list[Any], seconds: float) -> list[float]:
-    """Durations (s) of back-to-back runs of `images`: at least one, and until `seconds` have passed."""
-    durations: list[float] = []
-    started = time.perf_counter()
-    while not durations or time.perf_counter() - started < seconds:
-        run_started = time.perf_counter()
-        runner.run(images)
-        durations.append(time.perf_counter() - run_started)
-    return durations
 
 
 def raw_both_sides(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

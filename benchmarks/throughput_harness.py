@@ -259,16 +259,22 @@ def deployment_name(model_id: str) -> str:
 # ----- measurement helpers -----
 
 
-def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float, min_runs: float = 1) -> dict[str, Any]:
-    """The model in a plain loop in this process: whole batches for at least `seconds` and at least
-    `min_runs` batches (at least one). Items over the summed run times: no window edges."""
-    images = [image] * batch
+def timed_runs(runner: ModelRunner, images: list[Any], seconds: float, min_runs: float = 1) -> list[float]:
+    """Durations (s) of back-to-back runs of `images`: at least `min_runs` (at least one), and until
+    `seconds` have passed."""
     durations: list[float] = []
     started = time.perf_counter()
     while len(durations) < max(1, min_runs) or time.perf_counter() - started < seconds:
-        t = time.perf_counter()
+        run_started = time.perf_counter()
         runner.run(images)
-        durations.append(time.perf_counter() - t)
+        durations.append(time.perf_counter() - run_started)
+    return durations
+
+
+def raw_window(runner: ModelRunner, image: Any, batch: int, seconds: float, min_runs: float = 1) -> dict[str, Any]:
+    """The model in a plain loop in this process: whole batches for at least `seconds` and at least
+    `min_runs` batches (at least one). Items over the summed run times: no window edges."""
+    durations = timed_runs(runner, [image] * batch, seconds, min_runs)
     items = batch * len(durations)
     return {
         "system": "raw",
