@@ -19,7 +19,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # ingress replica died (serve/proxy_errors.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve.proxy_errors:middlewares
 
-.PHONY: install checkpoints postgres browser run test bench bench-check soak clean
+.PHONY: install checkpoints postgres browser run test bench bench-check bench-overhead soak clean
 
 install: $(VENV)/.installed
 
@@ -77,15 +77,19 @@ browser:
 test: checkpoints postgres browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~75-90 min on 2 cores, of every phase:
+# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~60 min on 2 cores, of three phases:
 # throughput (tiny model costs, SigLIP2 and BLIP against the raw loop and the peers, busy fractions),
-# photo (12 MP JPEG: SigLIP2 and Florence-2-base against the raw loop, naive server, LitServe), ttft
-# (streamed captions) and overhead (Serve's proxy, HAProxy, throughput-optimized); writes
-# benchmarks/results/latest.{json,md,png} with validity flags. Then the metering benchmark (~5 min).
-# Smoke run: BENCH_ARGS=--quick. One phase: BENCH_ARGS="--phase photo".
+# photo (12 MP JPEG: SigLIP2 and Florence-2-base against the raw loop, naive server, LitServe) and ttft
+# (streamed captions); writes benchmarks/results/latest.{json,md,png} with validity flags. Then the
+# metering benchmark (~5 min). Smoke run: BENCH_ARGS=--quick. One phase: BENCH_ARGS="--phase photo".
 bench: checkpoints
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.metering $(METERING_ARGS)
+
+# The gateway's own cost under Serve's proxy, HAProxy and Serve's throughput preset, each on a fresh
+# Ray (benchmarks/overhead.py, ~14 min); writes benchmarks/results/overhead.{json,md}.
+bench-overhead: checkpoints
+	$(PY) -m benchmarks.overhead $(OVERHEAD_ARGS)
 
 # An independent client (plain threads, 40-second windows) against the SigLIP2 gateway, each window
 # between two of the model in a plain loop; exit 1 if gateway / raw differs from latest.json's by

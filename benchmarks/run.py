@@ -1,19 +1,22 @@
 """Run the whole benchmark in one go and write `benchmarks/results/latest.{json,md,png}`.
 
-    python -m benchmarks.run            # the full run (`make bench`): ~65 minutes on 2 cores (estimate)
+    python -m benchmarks.run            # the full run (`make bench`): ~60 minutes on 2 cores
     python -m benchmarks.run --quick    # a smoke run, windows of about one model run: NOT valid results
     python -m benchmarks.run --workload siglip2_embed   # one real-size workload (repeatable)
     python -m benchmarks.run --phase photo --phase ttft  # only these phases (repeatable)
 
-Four phases, one after another (`benchmarks.phases`), each guarded (one that fails is recorded as
+Three phases, one after another (`benchmarks.phases`), each guarded (one that fails is recorded as
 `{"error": ...}` under its key and the next runs), each with its own local Ray that is stopped
 before the next starts:
 
-- throughput (~33 min): below;
+- throughput (~40 min): below;
 - photo (~10 min): a 12 MP JPEG through the gateway, the user's raw loop, the naive server and
   LitServe (`benchmarks.photo`, in a process of its own), under `photo`;
-- ttft (~11 min) and overhead (~10 min): `benchmarks.ttft.run(quick)` and
-  `benchmarks.overhead.run(quick)` when those modules are there, under `ttft` and `overhead`.
+- ttft (~11 min): `benchmarks.ttft.run(quick)` when that module is there, under `ttft`.
+
+A fourth, overhead (~14 min: the gateway's cost under Serve's proxy, HAProxy and the throughput
+preset, `benchmarks.overhead`), runs only when asked for (`--phase overhead`, or on its own with
+`make bench-overhead`).
 
 latest.json, latest.md and latest.png hold all of them; `validity` in latest.json says which
 sections are valid measurements. The throughput phase, on one local Ray (no dashboard) whose HTTP
@@ -27,7 +30,11 @@ proxy listens on 127.0.0.1:
    its best batch size (probed first among those of 1, 8 and 16 the headline concurrency can
    fill); the gateway with that batch size and with
    `max_batch_size: 1` (two apps, each holding only this model); the naive server; LitServe with
-   the gateway's batch settings. Every system is started once and reused. Then one model run at
+   the gateway's batch settings. Every system is started once and reused, except the unbatched
+   app, which is deployed again around each of its own windows and deleted after it: idle beside
+   the raw loop, its two replicas slowed that loop by ~7 %, so the raw loop and the batched gateway
+   share the machine with one gateway app, as in a user's process and in `benchmarks.check`
+   (peer servers, paused, cost no CPU). Then one model run at
    the chosen batch size and one of a single item are timed by the probe, and every window is
    sized from them: it spans `MIN_RUNS` (10) runs of the system's own model call (the headline
    batch for the raw loop, the gateway and LitServe; one item for the two systems that never
@@ -71,6 +78,7 @@ from benchmarks.host import cpu_model, git_commit, package_version, stop_on_sigt
 from benchmarks.phases import (
     OPTIONAL_MODULES,
     PHASE_ESTIMATE_S,
+    DEFAULT_PHASES,
     PHASES,
     failed_throughput,
     merge_phases,
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "--phase",
         action="append",
         choices=PHASES,
-        help=f"run only this phase (repeatable; default all: {', '.join(PHASES)})",
+        help=f"run only this phase (repeatable; default: {', '.join(DEFAULT_PHASES)}; also: overhead)",
     )
     parser.add_argument(
         "--ray-env",
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, workloads=())
     elif args.workload:
         plan = replace(plan, workloads=tuple(w for w in plan.workloads if w.workload in args.workload))
-    phases = ("throughput",) if args.tiny_only else tuple(p for p in PHASES if not args.phase or p in args.phase)
+    phases = ("throughput",) if args.tiny_only else tuple(p for p in PHASES if p in (args.phase or DEFAULT_PHASES))
     estimate = sum(PHASE_ESTIMATE_S[p] for p in phases)
     logger.info("phases %s; a full run of them takes about %.0f min on 2 cores", ", ".join(phases), estimate / 60)
     signal.signal(signal.SIGTERM, stop_on_sigterm)

@@ -53,7 +53,9 @@ class Harness:
         self.gateway: GatewayStack | None = None
         self.peers: dict[str, PeerServer] = {}
         self.apps: dict[str, str] = {}
-        """System name -> Serve application of the gateway apps deployed now."""
+        """System name -> Serve application of the gateway apps of the workload measured now."""
+        self.app_args: dict[str, tuple[dict[str, Any], str]] = {}
+        """System name -> `build_app` arguments and route prefix of each app in `apps`, to deploy it again."""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
