@@ -77,7 +77,7 @@ browser:
 test: checkpoints postgres browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~60 min on 2 cores, of three phases:
+# The benchmark (benchmarks/run.py; `benchmarks/README.md`): one run, ~65 min on 2 cores, of three phases:
 # throughput (tiny model costs, SigLIP2 and BLIP against the raw loop and the peers, busy fractions),
 # photo (12 MP JPEG: SigLIP2 and Florence-2-base against the raw loop, naive server, LitServe) and ttft
 # (streamed captions); writes benchmarks/results/latest.{json,md,png} with validity flags. Then the

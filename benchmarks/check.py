@@ -15,7 +15,7 @@ either would show up as a disagreement.
 
 First one 40-second window of the model alone in this process, in a plain loop written here
 (`benchmarks.check_raw`: decode, processor, `get_image_features`, batches of latest.json's batch
-size, two torch threads), with the gateway idle. Then three rounds; in each, after a 15-second
+size, two torch threads), with the gateway idle. Then five rounds (`WINDOWS`); in each, after a 15-second
 warm-up, one 40-second window of the gateway, measured two ways:
 
 - `count`: responses completed in the window over its 40 s. A batching server answers in lumps (8

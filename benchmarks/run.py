@@ -1,6 +1,6 @@
 """Run the whole benchmark in one go and write `benchmarks/results/latest.{json,md,png}`.
 
-    python -m benchmarks.run            # the full run (`make bench`): ~60 minutes on 2 cores
+    python -m benchmarks.run            # the full run (`make bench`): ~65 minutes on 2 cores
     python -m benchmarks.run --quick    # a smoke run, windows of about one model run: NOT valid results
     python -m benchmarks.run --workload siglip2_embed   # one real-size workload (repeatable)
     python -m benchmarks.run --phase photo --phase ttft  # only these phases (repeatable)
@@ -9,10 +9,10 @@ Three phases, one after another (`benchmarks.phases`), each guarded (one that fa
 `{"error": ...}` under its key and the next runs), each with its own local Ray that is stopped
 before the next starts:
 
-- throughput (~40 min): below;
+- throughput (~42 min): below;
 - photo (~10 min): a 12 MP JPEG through the gateway, the user's raw loop, the naive server and
   LitServe (`benchmarks.photo`, in a process of its own), under `photo`;
-- ttft (~11 min): `benchmarks.ttft.run(quick)` when that module is there, under `ttft`.
+- ttft (~13 min): `benchmarks.ttft.run(quick)` when that module is there, under `ttft`.
 
 A fourth, overhead (~14 min: the gateway's cost under Serve's proxy, HAProxy and the throughput
 preset, `benchmarks.overhead`), runs only when asked for (`--phase overhead`, or on its own with
