@@ -366,13 +366,14 @@ def verdict_lines(result: dict[str, Any], ref: dict[str, Any], windows: int, win
 
     quick = " (latest.json is a --quick run: its figures are not a measurement)" if ref["quick"] else ""
     gateway_vs_raw = statistics.median(relative["per_round"])
+    within, beyond = f"within {TOLERANCE:.0%}", f"by more than {TOLERANCE:.0%}"
     return (
         f"relative: gateway / plain loop {gateway_vs_raw:.3f} (median of {windows} rounds of {window_s:.0f} s"
         f" windows); latest.json ({ref['started_at']}): {ref['gateway_vs_raw'] or 0:.3f}; ratio"
-        f" {shown(relative['ratio'])} -> {'agrees' if relative['agrees'] else 'DISAGREES'} within {TOLERANCE:.0%}"
+        f" {shown(relative['ratio'])} -> {f'agrees {within}' if relative['agrees'] else f'DISAGREES {beyond}'}"
         f"{quick}\n"
         f"absolute: {result['median_images_per_s']:.3f} images/s against {ref['items_per_s'] or 0:.3f}; ratio"
-        f" {shown(absolute['ratio'])} -> {'agrees' if absolute['agrees'] else 'differs'} within {TOLERANCE:.0%}"
+        f" {shown(absolute['ratio'])} -> {f'agrees {within}' if absolute['agrees'] else f'differs {beyond}'}"
         f" (the plain loop ran at {result['median_raw_images_per_s']:.3f} images/s here)"
     )
 

@@ -115,3 +115,21 @@ def test_the_throughput_rounds_raw_figure_joins_the_windows_before_and_after_the
     assert joined["items_per_s"] == pytest.approx(1.5)
     assert (joined["runs"], joined["batches"], joined["items"]) == (15, 15, 15)
     assert joined["sides"] == [2.0, 1.0]
+
+
+def test_the_verdict_lines_say_which_side_of_the_tolerance_each_figure_is():
+    from benchmarks.check import verdict_lines
+
+    ref = {"quick": False, "started_at": "t", "gateway_vs_raw": 0.90, "items_per_s": 1.50}
+    result = {
+        "relative": {"per_round": [0.80, 0.81, 0.82], "ratio": 0.90, "agrees": False},
+        "absolute": {"ratio": 1.02, "agrees": True},
+        "median_images_per_s": 1.53,
+        "median_raw_images_per_s": 1.80,
+    }
+    relative, absolute = verdict_lines(result, ref, 3, 40).splitlines()
+    assert relative.endswith("ratio 0.900 -> DISAGREES by more than 5%")
+    assert "ratio 1.020 -> agrees within 5%" in absolute
+    result["relative"]["agrees"], result["absolute"]["agrees"] = True, False
+    relative, absolute = verdict_lines(result, ref, 3, 40).splitlines()
+    assert relative.endswith("-> agrees within 5%") and "-> differs by more than 5%" in absolute
