@@ -229,7 +229,8 @@ class Benchmark(TinyCosts):
         self.peers["litserve"] = litserve_server(workload.name, checkpoint, THREADS, batch, litserve_wait_s, batch_log)
         startup: dict[str, float] = {}
         for system, prefix, size in (("gateway", "/b", batch), ("gateway_unbatched", "/u", 1)):
-            self.app_args[system] = (gateway_args([workload_entry(workload, checkpoint, size)], self.apps[system]), prefix)
+            args = gateway_args([workload_entry(workload, checkpoint, size)], self.apps[system])
+            self.app_args[system] = (args, prefix)
             startup[system] = self.gateway.deploy(self.apps[system], *self.app_args[system])
         for name, peer in self.peers.items():
             startup[name] = peer.wait_ready()
