@@ -140,7 +140,7 @@ class Benchmark(TinyCosts):
             def window(name: str, concurrency: int, runs: float) -> dict[str, Any]:
                 planned = sizing["systems"][name]
                 seconds = window_seconds(planned["run_s"], runs, wplan.min_window_s)
-                with self.unbatched_deployed(name == "gateway_unbatched", systems[name], body, wplan, count_tokens):
+                with self.unbatched_deployed(systems[name], body, wplan, count_tokens):
                     measured = self.http_window(
                         systems[name],
                         body,
@@ -238,11 +238,11 @@ class Benchmark(TinyCosts):
 
     @contextlib.contextmanager
     def unbatched_deployed(
-        self, needed: bool, system: HttpSystem, body: dict[str, Any], wplan: WorkloadPlan, count_tokens: bool
+        self, system: HttpSystem, body: dict[str, Any], wplan: WorkloadPlan, count_tokens: bool
     ) -> Iterator[None]:
-        """When `needed`, the unbatched gateway app deployed (and answering: one unmeasured request)
-        for the block's duration, deleted after it; otherwise nothing."""
-        if not needed:
+        """When `system` is the unbatched gateway, its app deployed (and answering: one unmeasured
+        request) for the block's duration, deleted after it; for any other system, nothing."""
+        if system.name != "gateway_unbatched":
             yield
             return
         assert self.gateway

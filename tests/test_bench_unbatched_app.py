@@ -47,7 +47,7 @@ WPLAN = FULL.workloads[0]
 
 def test_the_unbatched_app_is_deployed_answered_once_and_deleted_around_its_window():
     bench = RecordingBenchmark()
-    with bench.unbatched_deployed(True, SYSTEM, {}, WPLAN, False):
+    with bench.unbatched_deployed(SYSTEM, {}, WPLAN, False):
         bench.log.append("window")
     assert bench.log == [
         "deploy bench-x-unbatched at /u with u",
@@ -59,7 +59,7 @@ def test_the_unbatched_app_is_deployed_answered_once_and_deleted_around_its_wind
 
 def test_the_unbatched_app_is_deleted_when_its_window_fails():
     bench = RecordingBenchmark()
-    with pytest.raises(RuntimeError), bench.unbatched_deployed(True, SYSTEM, {}, WPLAN, False):
+    with pytest.raises(RuntimeError), bench.unbatched_deployed(SYSTEM, {}, WPLAN, False):
         raise RuntimeError("the window failed")
     assert bench.log[-1] == "delete bench-x-unbatched"
     assert bench.log[0] == "deploy bench-x-unbatched at /u with u"
@@ -67,6 +67,6 @@ def test_the_unbatched_app_is_deleted_when_its_window_fails():
 
 def test_other_windows_leave_the_apps_as_they_are():
     bench = RecordingBenchmark()
-    with bench.unbatched_deployed(False, HttpSystem("gateway", "http://127.0.0.1:1/b"), {}, WPLAN, False):
+    with bench.unbatched_deployed(HttpSystem("gateway", "http://127.0.0.1:1/b"), {}, WPLAN, False):
         bench.log.append("window")
     assert bench.log == ["window"]
